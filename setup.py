@@ -1,0 +1,28 @@
+"""Installs diffax: Gaussian diffusion models in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="diffax",
+    version="0.1.0",
+    description="Gaussian diffusion models (DDPM, improved DDPM, DDIM) in JAX and Flax.",
+    packages=setuptools.find_packages(include=["diffax", "diffax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.7.0",
+        "flax>=0.11.0",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "chex>=0.1.89",
+        "ml-collections>=1.0.0",
+        "absl-py>=2.1.0",
+        "numpy>=1.26",
+        "pillow>=10.0",
+        "tensorflow-cpu>=2.18",
+        "tensorflow-datasets>=4.9.7",
+        "scikit-learn>=1.4",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100", "scipy>=1.11", "ruff>=0.6"],
+    },
+)
