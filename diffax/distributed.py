@@ -1,0 +1,41 @@
+"""Multi-process start-up: jax.distributed.initialize on pods, SLURM or an explicit coordinator."""
+
+import os
+
+import jax
+from absl import logging
+
+
+def cluster_detected() -> bool:
+    """Returns whether the environment is a multi-process job JAX can auto-configure."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return "," in hosts or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+
+
+def initialize(
+    mode: str = "auto",
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Starts JAX's multi-controller runtime when asked or detected; returns whether it did."""
+    explicit = coordinator_address is not None
+    if mode == "off" or (mode == "auto" and not explicit and not cluster_detected()):
+        return False
+    if explicit and (num_processes is None or process_id is None):
+        raise ValueError("--coordinator_address needs --num_processes and --process_id as well.")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    logging.info(
+        "Process %d of %d; %d local and %d global devices.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True

@@ -1,0 +1,85 @@
+"""Device mesh, batch and parameter shardings, and global batches from per-process data."""
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA = "data"  # Mesh axis over which the batch is split.
+FSDP = "fsdp"  # Mesh axis over which parameters (and the batch) are split.
+BATCH_AXES = (DATA, FSDP)  # The batch is split over every device.
+
+
+def create_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """Returns a (data, fsdp) mesh over all devices of all processes; data=-1 takes the rest."""
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"mesh.fsdp={fsdp} must be a positive divisor of the {n} devices.")
+    if data == -1:
+        data = n // fsdp
+    if data * fsdp != n:
+        raise ValueError(
+            f"mesh.data={data} x mesh.fsdp={fsdp} must equal the {n} devices (use mesh.data=-1)."
+        )
+    # make_mesh orders devices for the physical topology (TPU ICI, GPU NVLink islands); Auto axes
+    # keep the classic jit sharding semantics (make_mesh defaults to Explicit axes in new JAX).
+    auto = jax.sharding.AxisType.Auto
+    return jax.make_mesh((data, fsdp), (DATA, FSDP), axis_types=(auto, auto), devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Returns the sharding of a batch: leading axis split over every device of the mesh."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Returns the fully replicated sharding on the mesh."""
+    return NamedSharding(mesh, P())
+
+
+def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
+    """Shards the largest dimension divisible by fsdp; small or indivisible arrays stay replicated."""
+    if fsdp == 1 or math.prod(shape) < min_size:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
+        if shape[dim] % fsdp == 0:
+            spec = [None] * len(shape)
+            spec[dim] = FSDP
+            return P(*spec)
+    return P()
+
+
+def state_shardings(mesh: Mesh, abstract_tree: Any, min_size: int = 2**14) -> Any:
+    """Returns a NamedSharding per leaf: replicated, or split over `fsdp` on its largest dim."""
+    fsdp = mesh.shape[FSDP]
+
+    def leaf_sharding(leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        return NamedSharding(mesh, _fsdp_spec(shape, fsdp, min_size))
+
+    return jax.tree.map(leaf_sharding, abstract_tree)
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles each process's [b, ...] numpy batch into one global [b * processes, ...] array."""
+    sharding = batch_sharding(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local_batch.items()
+    }
+
+
+def per_process_batch_size(global_batch_size: int, field: str = "training.batch_size") -> int:
+    """Returns the global batch divided by the process count, checking it splits over devices."""
+    n = jax.device_count()
+    if global_batch_size % n:
+        raise ValueError(
+            f"{field}={global_batch_size} must be divisible by the {n} devices "
+            f"(e.g. {max(n, global_batch_size - global_batch_size % n)})."
+        )
+    return global_batch_size // jax.process_count()

@@ -1,0 +1,208 @@
+"""Config validation before anything compiles: one clear sentence per mistake."""
+
+import jax
+import ml_collections
+
+SCHEDULES = ("linear", "cosine")
+MEAN_TYPES = ("eps", "x0", "v")
+VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
+LOSS_TYPES = ("mse", "simple", "rescaled_mse", "hybrid", "kl", "rescaled_kl", "vlb")
+TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
+SAMPLERS = ("ddpm", "ddim")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value diffax cannot use; the message names field and choices."""
+
+
+def _choice(value, field: str, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field}={value!r} is not one of {', '.join(map(repr, allowed))}.")
+
+
+def _positive_int(value, field: str, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ConfigError(f"{field}={value!r} must be {kind} integer.")
+
+
+def _number(value, field: str, low: float, high: float, high_open: bool = False) -> None:
+    """Checks a real number in [low, high] (or [low, high)); bools, None and NaN are refused."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ok = ok and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise ConfigError(f"{field}={value!r} must be a number in [{low}, {high}{bracket}.")
+
+
+def _int_tuple(value, field: str, allow_empty: bool) -> tuple:
+    """Checks a tuple (or list) of positive ints."""
+    ok = isinstance(value, (tuple, list)) and (allow_empty or len(value) > 0)
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    if not ok:
+        raise ConfigError(f"{field}={value!r} must be a tuple of positive integers.")
+    return tuple(value)
+
+
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+    m, data = config.model, config.data
+    _positive_int(data.image_size, "data.image_size")
+    _positive_int(m.ch, "model.ch")
+    _positive_int(m.num_res_blocks, "model.num_res_blocks")
+    mult = _int_tuple(m.channel_mult, "model.channel_mult", allow_empty=False)
+    _int_tuple(m.attention_resolutions, "model.attention_resolutions", allow_empty=True)
+    _positive_int(m.num_heads, "model.num_heads")
+    if not isinstance(m.num_head_channels, int) or m.num_head_channels == 0:
+        raise ConfigError(
+            f"model.num_head_channels={m.num_head_channels!r} must be a positive integer or -1."
+        )
+    bad_widths = sorted({m.ch * c for c in mult if (m.ch * c) % 32})
+    if bad_widths:
+        raise ConfigError(
+            f"model.ch={m.ch} with model.channel_mult={mult!r} gives widths {bad_widths} that "
+            "GroupNorm's 32 groups cannot split; use multiples of 32."
+        )
+    factor = 2 ** (len(mult) - 1)
+    if data.image_size % factor:
+        raise ConfigError(
+            f"data.image_size={data.image_size} must be divisible by {factor}, the U-Net's "
+            f"downsampling for model.channel_mult={mult!r} (use a size divisible by {factor} "
+            "or fewer levels)."
+        )
+    reachable = tuple(data.image_size // 2**i for i in range(len(mult)))
+    for res in tuple(m.attention_resolutions):
+        if res not in reachable:
+            raise ConfigError(
+                f"model.attention_resolutions contains {res}, which the U-Net never reaches; "
+                f"its resolutions are {reachable}."
+            )
+    _choice(m.dtype, "model.dtype", DTYPES)
+    _number(m.dropout, "model.dropout", 0.0, 1.0, high_open=True)
+    _positive_int(data.num_classes, "data.num_classes", allow_zero=True)
+    if not isinstance(m.class_cond, bool):
+        raise ConfigError(f"model.class_cond={m.class_cond!r} must be True or False.")
+    if m.class_cond and data.num_classes < 1:
+        raise ConfigError(
+            f"model.class_cond=True needs data.num_classes >= 1 (got {data.num_classes})."
+        )
+    if m.num_head_channels > 0:
+        widths = {m.ch * c for c in mult}
+        bad = sorted(w for w in widths if w % m.num_head_channels)
+        if bad:
+            raise ConfigError(
+                f"model.num_head_channels={m.num_head_channels} must divide every level's "
+                f"channels {sorted(widths)} ({bad} are not multiples)."
+            )
+
+
+def _validate_diffusion(config: ml_collections.ConfigDict) -> None:
+    d = config.diffusion
+    _choice(d.schedule, "diffusion.schedule", SCHEDULES)
+    _positive_int(d.num_timesteps, "diffusion.num_timesteps")
+    _choice(d.mean_type, "diffusion.mean_type", MEAN_TYPES)
+    _choice(d.var_type, "diffusion.var_type", VAR_TYPES)
+    _choice(d.loss_type, "diffusion.loss_type", LOSS_TYPES)
+    _choice(d.timestep_sampler, "diffusion.timestep_sampler", TIMESTEP_SAMPLERS)
+    if d.loss_type in ("hybrid", "rescaled_mse") and d.var_type.startswith("fixed"):
+        raise ConfigError(
+            f"diffusion.loss_type={d.loss_type!r} with diffusion.var_type={d.var_type!r}: the "
+            "hybrid loss's bound term trains only a learned variance; use var_type 'learned' or "
+            "'learned_range', or loss_type 'mse'."
+        )
+
+
+def _validate_training(config: ml_collections.ConfigDict, device_count: int) -> None:
+    t = config.training
+    for field in (
+        "batch_size",
+        "num_steps",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "grad_accum_steps",
+        "max_consecutive_skips",
+    ):
+        _positive_int(t[field], f"training.{field}")
+    _positive_int(t.sample_every, "training.sample_every", allow_zero=True)
+    if t.batch_size % device_count:
+        raise ConfigError(
+            f"training.batch_size={t.batch_size} must be divisible by the {device_count} devices."
+        )
+    if t.batch_size % (t.grad_accum_steps * device_count):
+        raise ConfigError(
+            f"training.batch_size={t.batch_size} must be divisible by training.grad_accum_steps="
+            f"{t.grad_accum_steps} times the {device_count} devices."
+        )
+    _number(t.learning_rate, "training.learning_rate", 0.0, float("inf"))
+    if t.learning_rate == 0:
+        raise ConfigError("training.learning_rate=0 must be positive.")
+    _number(t.label_dropout, "training.label_dropout", 0.0, 1.0, high_open=True)
+    _number(t.grad_clip, "training.grad_clip", 0.0, float("inf"))
+    _positive_int(t.warmup_steps, "training.warmup_steps", allow_zero=True)
+    rates = t.ema_rates
+    ok = isinstance(rates, (tuple, list)) and len(rates) > 0
+    ok = ok and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rates)
+    if not ok or not all(0.0 <= r < 1.0 for r in rates):
+        raise ConfigError(f"training.ema_rates={rates!r} must be one or more rates in [0, 1).")
+
+
+def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None:
+    ev, d = config.eval, config.diffusion
+    _positive_int(ev.batch_size, "eval.batch_size")
+    if ev.batch_size % device_count:
+        raise ConfigError(
+            f"eval.batch_size={ev.batch_size} must be divisible by the {device_count} devices."
+        )
+    _positive_int(ev.num_samples, "eval.num_samples")
+    _choice(ev.sampler, "eval.sampler", SAMPLERS)
+    _positive_int(ev.sample_steps, "eval.sample_steps", allow_zero=True)
+    if ev.sample_steps > d.num_timesteps:
+        raise ConfigError(
+            f"eval.sample_steps={ev.sample_steps} exceeds diffusion.num_timesteps="
+            f"{d.num_timesteps}; use at most {d.num_timesteps} (0 for every step)."
+        )
+    if ev.sampler == "ddim" and ev.sample_steps:
+        from diffax import schedules
+
+        try:
+            schedules.space_timesteps(d.num_timesteps, f"ddim{ev.sample_steps}")
+        except ValueError as e:
+            raise ConfigError(
+                f"eval.sample_steps={ev.sample_steps} cannot be honoured by a DDIM stride over "
+                f"diffusion.num_timesteps={d.num_timesteps} ({e})."
+            ) from None
+    _number(ev.guidance_scale, "eval.guidance_scale", 0.0, float("inf"))
+    _number(ev.ddim_eta, "eval.ddim_eta", 0.0, 1.0)
+    if ev.guidance_scale and not config.model.class_cond:
+        raise ConfigError(
+            f"eval.guidance_scale={ev.guidance_scale} needs a class-conditional model "
+            "(model.class_cond=True); use 0 for an unconditional model."
+        )
+
+
+def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Raises ConfigError with one sentence naming the field and what is accepted."""
+    device_count = jax.device_count() if device_count is None else device_count
+    num_levels = config.data.num_levels
+    if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 2:
+        raise ConfigError(f"data.num_levels={config.data.num_levels!r} must be an integer >= 2.")
+    if config.data.num_channels not in (1, 3):
+        raise ConfigError(f"data.num_channels={config.data.num_channels!r} must be 1 or 3.")
+    _validate_model(config)
+    _validate_diffusion(config)
+    _validate_training(config, device_count)
+    _validate_eval(config, device_count)
+    mesh = config.mesh
+    _positive_int(mesh.fsdp, "mesh.fsdp")
+    if not isinstance(mesh.data, int) or isinstance(mesh.data, bool):
+        raise ConfigError(f"mesh.data={mesh.data!r} must be a positive integer or -1.")
+    if mesh.fsdp < 1 or device_count % mesh.fsdp:
+        raise ConfigError(f"mesh.fsdp={mesh.fsdp} must be a positive divisor of {device_count}.")
+    if mesh.data != -1 and mesh.data * mesh.fsdp != device_count:
+        raise ConfigError(
+            f"mesh.data={mesh.data} x mesh.fsdp={mesh.fsdp} must equal the {device_count} "
+            "devices; use mesh.data=-1 to take the rest."
+        )
