@@ -1,0 +1,161 @@
+"""The DDPM / improved-DDPM / ADM U-Net in flax.linen.
+
+Ho et al. 2020 (DDPM) appendix B; Nichol & Dhariwal 2021 (improved DDPM) section 4 and appendix A;
+Dhariwal & Nichol 2021 (ADM, "Diffusion Models Beat GANs") section 3. With the defaults this is the
+DDPM CIFAR-10 network (35.7M parameters); the ADM options are `num_head_channels`,
+`resblock_updown`, `use_scale_shift_norm` and more attention resolutions. Tensors are NHWC.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffax.models.layers import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    Upsample,
+    conv,
+    group_norm,
+    timestep_embedding,
+)
+
+
+def count_params(params: Any) -> int:
+    """Returns the number of scalars in a parameter pytree (arrays or `jax.ShapeDtypeStruct`s)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def reachable_resolutions(height: int, num_levels: int) -> tuple[int, ...]:
+    """Returns the feature-map heights `H, H/2, ..., H/2**(num_levels-1)` the U-Net visits."""
+    return tuple(height // 2**level for level in range(num_levels))
+
+
+class UNet(nn.Module):
+    """Noise-prediction U-Net: `(x [B, H, W, C], t [B], y [B] or None) -> [B, H, W, out]`."""
+
+    out_channels: int  # C for a fixed variance, 2C for a learned one (mean channels first)
+    ch: int = 128  # base width; level i has ch * channel_mult[i] channels
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)  # feature-map heights in pixels
+    num_heads: int = 1
+    num_head_channels: int = -1  # if > 0, heads = channels // num_head_channels
+    dropout: float = 0.0
+    resblock_updown: bool = False  # BigGAN residual up/downsampling (ADM section 3)
+    use_scale_shift_norm: bool = False  # AdaGN: GN(h) * (1 + scale) + shift (ADM section 3)
+    conv_resample: bool = True  # learned 3x3 conv in the plain down/upsample layers
+    num_classes: int = 0  # > 0: class-conditional; label num_classes is the learned null class
+    dtype: Any = jnp.float32  # compute dtype; params, norms, softmax and the output are float32
+    remat: bool = False  # rematerialise residual and attention blocks in the backward pass
+
+    def _check_inputs(self, x: jax.Array, y: jax.Array | None) -> None:
+        """Raises ValueError for inputs the configured network cannot process."""
+        height, width = x.shape[1], x.shape[2]
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if height % factor or width % factor:
+            raise ValueError(
+                f"input size {height}x{width} must be divisible by 2**(len(channel_mult)-1)="
+                f"{factor} for channel_mult={self.channel_mult}"
+            )
+        reachable = reachable_resolutions(height, len(self.channel_mult))
+        missing = [r for r in self.attention_resolutions if r not in reachable]
+        if missing:
+            raise ValueError(
+                f"attention_resolutions {missing} are never reached for a {height}x{width} input; "
+                f"reachable resolutions are {list(reachable)}"
+            )
+        if self.num_classes > 0 and y is None:
+            raise ValueError(f"num_classes={self.num_classes} > 0 needs labels y, got None")
+        if self.num_classes == 0 and y is not None:
+            raise ValueError("labels y were given but num_classes=0 (unconditional model)")
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *, train: bool = False
+    ) -> jax.Array:
+        """Returns the float32 `[B, H, W, out_channels]` output for `x` `[B, H, W, C]`.
+
+        `t` `[B]` int or float timesteps (unscaled, e.g. 0..T-1); `y` `[B]` int labels in
+        `0..num_classes` (num_classes = null class) or None. Dropout draws from the "dropout" RNG
+        stream when `train=True`.
+        """
+        self._check_inputs(x, y)
+        height = x.shape[1]
+        res_block = nn.remat(ResBlock) if self.remat else ResBlock
+        attn_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+
+        def res(h, emb, channels, name, up=False, down=False):
+            return res_block(
+                channels,
+                dropout=self.dropout,
+                use_scale_shift_norm=self.use_scale_shift_norm,
+                up=up,
+                down=down,
+                deterministic=not train,
+                dtype=self.dtype,
+                name=name,
+            )(h, emb)
+
+        def attn(h, name):
+            return attn_block(self.num_heads, self.num_head_channels, dtype=self.dtype, name=name)(
+                h
+            )
+
+        # Timestep (and label) embedding, kept in float32 as in ADM (time_embed is not fp16).
+        emb_dim = 4 * self.ch
+        emb = timestep_embedding(t, self.ch)  # [B, ch]
+        emb = nn.Dense(emb_dim, param_dtype=jnp.float32, name="time_embed_0")(emb)
+        emb = nn.Dense(emb_dim, param_dtype=jnp.float32, name="time_embed_1")(nn.silu(emb))
+        if self.num_classes > 0:
+            # One extra row: the learned null label for classifier-free guidance (Ho & Salimans).
+            label_emb = nn.Embed(self.num_classes + 1, emb_dim, name="label_embed")
+            emb = emb + label_emb(jnp.asarray(y, jnp.int32))  # [B, 4ch]
+
+        # Encoder: skips holds every input-block output, consumed in reverse by the decoder.
+        h = conv(self.ch, 3, self.dtype, "input_conv")(x.astype(self.dtype))  # [B, H, W, ch]
+        skips = [h]
+        resolution = height
+        last = len(self.channel_mult) - 1
+        for level, mult in enumerate(self.channel_mult):
+            for i in range(self.num_res_blocks):
+                h = res(h, emb, int(self.ch * mult), f"down_{level}_res_{i}")
+                if resolution in self.attention_resolutions:
+                    h = attn(h, f"down_{level}_attn_{i}")
+                skips.append(h)
+            if level != last:
+                name = f"down_{level}_downsample"
+                if self.resblock_updown:
+                    h = res(h, emb, h.shape[-1], name, down=True)
+                else:
+                    h = Downsample(self.conv_resample, dtype=self.dtype, name=name)(h)
+                resolution //= 2
+                skips.append(h)
+
+        # Middle: res, attention, res at the lowest resolution.
+        h = res(h, emb, h.shape[-1], "mid_res_0")
+        h = attn(h, "mid_attn")
+        h = res(h, emb, h.shape[-1], "mid_res_1")
+
+        # Decoder: num_res_blocks + 1 blocks per level, each on [h, skip] concatenated on channels.
+        for level, mult in reversed(list(enumerate(self.channel_mult))):
+            for i in range(self.num_res_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = res(h, emb, int(self.ch * mult), f"up_{level}_res_{i}")
+                if resolution in self.attention_resolutions:
+                    h = attn(h, f"up_{level}_attn_{i}")
+            if level != 0:
+                name = f"up_{level}_upsample"
+                if self.resblock_updown:
+                    h = res(h, emb, h.shape[-1], name, up=True)
+                else:
+                    h = Upsample(self.conv_resample, dtype=self.dtype, name=name)(h)
+                resolution *= 2
+
+        # Output head in float32 (ADM casts back before `out`); the zero conv makes a fresh
+        # model predict exactly 0.
+        h = nn.silu(group_norm(h.astype(jnp.float32), "out_norm"))
+        return conv(self.out_channels, 3, jnp.float32, "out_conv", zero_init=True)(h)
