@@ -20,6 +20,7 @@ setuptools.setup(
         "pillow>=10.0",
         "tensorflow-cpu>=2.18",
         "tensorflow-datasets>=4.9.7",
+        "importlib_resources>=6.0",  # TFDS needs it to prepare data sets from builder code.
         "scikit-learn>=1.4",
     ],
     extras_require={

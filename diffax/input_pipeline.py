@@ -1,0 +1,379 @@
+"""tf.data input pipeline: per-process split, preprocessing to [-1, 1], batches as numpy dicts.
+
+Sources: any prepared TFDS image dataset (by name and data.data_dir), the offline `digits` builder
+(prepared on first use) and image folders (decoded into host memory). Every process reads only its
+own shard of the split (tfds.even_splits by process index), so `batch_size` is per process.
+Pixels become x = v / (num_levels - 1) * 2 - 1, which lie on the grid {-1 + 2k / (num_levels - 1)}.
+"""
+
+import dataclasses
+import functools
+import math
+import operator
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from diffax.datasets import digits as digits_lib
+from diffax.datasets import image_folder as image_folder_lib
+
+
+def _hide_accelerators_from_tf() -> None:
+    """Keeps TF off GPUs/TPUs so it never takes accelerator memory that JAX needs."""
+    for kind in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], kind)
+        except (RuntimeError, ValueError):  # Devices already initialized, or no such kind.
+            pass
+
+
+_hide_accelerators_from_tf()
+
+# ITU-R BT.601 luma weights, the same as PIL's convert("L"), so every source grays alike.
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SplitSize:
+    """What tfds split arithmetic needs of a split that has no TFDS metadata (image folders)."""
+
+    num_examples: int
+
+    @property
+    def shard_lengths(self) -> list[int]:
+        return [self.num_examples]
+
+
+Ranges = list[tuple[str, int, int]]  # (split name, start, stop) slices, concatenated in order
+
+
+class _TfdsSource:
+    """A prepared TFDS builder with an "image" feature and maybe a "label" feature."""
+
+    def __init__(self, builder: tfds.core.DatasetBuilder):
+        self.builder = builder
+        features = builder.info.features
+        if "image" not in features:
+            raise ValueError(f"TFDS dataset {builder.name!r} has no 'image' feature.")
+        self.channels = features["image"].shape[-1]
+        label = features["label"] if "label" in features else None
+        self.has_label = label is not None and tuple(label.shape) == ()
+        self.num_classes = getattr(label, "num_classes", None) if self.has_label else None
+        self.split_infos = builder.info.splits
+
+    def read(self, ranges: Ranges, shuffle_files: bool = False, seed: int = 0) -> tf.data.Dataset:
+        """Returns {"image": uint8 [H, W, C], "label": int32 []} for the examples of ranges."""
+        splits = [
+            tfds.core.ReadInstruction(name, from_=start, to=stop, unit="abs")
+            for name, start, stop in ranges
+            if stop > start
+        ]
+        keys = {"image": True, "label": True} if self.has_label else {"image": True}
+        ds = self.builder.as_dataset(
+            split=functools.reduce(operator.add, splits),
+            shuffle_files=shuffle_files,
+            read_config=tfds.ReadConfig(shuffle_seed=seed),
+            decoders=tfds.decode.PartialDecoding(keys),
+        )
+        has_label = self.has_label
+
+        def select(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            label = tf.cast(example["label"], tf.int32) if has_label else tf.constant(0, tf.int32)
+            return {"image": example["image"], "label": label}
+
+        return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class _FolderSource:
+    """An image folder: split "train" holds every file, in sorted order."""
+
+    def __init__(self, data_config: ml_collections.ConfigDict):
+        self.index = image_folder_lib.index_folder(data_config.folder)
+        self.config = data_config
+        self.channels = data_config.num_channels  # PIL converts while decoding.
+        self.num_classes = max(len(self.index.class_names), 1)
+        self.split_infos = {"train": _SplitSize(len(self.index.paths))}
+
+    def read(self, ranges: Ranges, shuffle_files: bool = False, seed: int = 0) -> tf.data.Dataset:
+        """Returns the decoded files of ranges, {"image": uint8 [S, S, C], "label": int32 []}."""
+        del shuffle_files, seed  # The files are decoded into memory; tf.data shuffles them.
+        chosen = [i for _, start, stop in ranges for i in range(start, stop)]
+        decoded = image_folder_lib.load_images(
+            [self.index.paths[i] for i in chosen],
+            [self.index.labels[i] for i in chosen],
+            image_size=self.config.image_size,
+            num_channels=self.config.num_channels,
+            skip_bad_images=bool(self.config.get("skip_bad_images", False)),
+        )
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": decoded.images, "label": decoded.labels}
+        )
+
+
+def _not_prepared_message(builder: tfds.core.DatasetBuilder, name: str, data_dir: Any) -> str:
+    root = data_dir if data_dir is not None else tfds.core.constants.get_default_data_dir()
+    manual = ""
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        manual = f"download its files by hand into {root}/downloads/manual first (see its docs), "
+    return (
+        f"TFDS dataset {name!r} is not prepared in data_dir={root!r}: {manual}prepare it with "
+        f'`tfds build {name} --data_dir={root}` or `python -c "import tensorflow_datasets as '
+        f"tfds; tfds.builder('{name}', data_dir='{root}').download_and_prepare()\"` before "
+        "training (diffax never downloads data itself)."
+    )
+
+
+def _open_source(data_config: ml_collections.ConfigDict) -> _TfdsSource | _FolderSource:
+    """Returns the dataset of data_config; ValueError at once if it is unknown or not prepared."""
+    name = data_config.dataset
+    if name == "image_folder":
+        return _FolderSource(data_config)
+    if name == "digits":
+        return _TfdsSource(digits_lib.prepare_digits(data_config.data_dir))
+    try:
+        builder = tfds.builder(name, data_dir=data_config.data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(
+            f"Unknown dataset {name!r}: use a TFDS dataset name, 'digits' or 'image_folder'."
+        ) from None
+    if not builder.is_prepared():
+        raise ValueError(_not_prepared_message(builder, name, data_config.data_dir))
+    return _TfdsSource(builder)
+
+
+def _check_config(data_config: ml_collections.ConfigDict, source: Any) -> None:
+    if data_config.num_channels not in (1, 3):
+        raise ValueError(f"data.num_channels must be 1 or 3, got {data_config.num_channels}.")
+    if data_config.image_size < 1 or data_config.num_levels < 2:
+        raise ValueError("data.image_size must be >= 1 and data.num_levels >= 2.")
+    if data_config.dataset == "digits" and data_config.num_levels != digits_lib.NUM_LEVELS:
+        raise ValueError(f"digits has {digits_lib.NUM_LEVELS} levels; set data.num_levels=17.")
+    if source.channels not in (1, 2, 3, 4):
+        raise ValueError(f"Cannot convert images with {source.channels} channels to 1 or 3.")
+    if data_config.num_classes > 0 and (source.num_classes or 0) > data_config.num_classes:
+        raise ValueError(
+            f"The dataset has {source.num_classes} classes but data.num_classes is "
+            f"{data_config.num_classes}."
+        )
+
+
+def _absolute(split: Any, split_infos: Any) -> Ranges:
+    """Returns the (name, start, stop) slices of a split spec or tfds split object."""
+    ranges = []
+    for instruction in tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos):
+        # TFDS writes a slice that starts at 0 or runs to the end with None.
+        start = instruction.from_ or 0
+        stop = (
+            split_infos[instruction.splitname].num_examples
+            if instruction.to is None
+            else instruction.to
+        )
+        ranges.append((instruction.splitname, start, stop))
+    return ranges
+
+
+def _split_ranges(split: str, split_infos: Any, limit: int = -1) -> Ranges:
+    """Returns the absolute slices of a TFDS split spec, cut to the first `limit` if positive."""
+    ranges = []
+    for name, start, stop in _absolute(split, split_infos):
+        if limit > 0:
+            stop = min(stop, start + max(limit - _count(ranges), 0))
+        ranges.append((name, start, stop))
+    return ranges
+
+
+def _process_ranges(
+    split: str, split_infos: Any, process_index: int, process_count: int, limit: int = -1
+) -> Ranges:
+    """Returns this process's share of the split (tfds.even_splits: remainder to the first)."""
+    whole = [
+        tfds.core.ReadInstruction(name, from_=start, to=stop, unit="abs")
+        for name, start, stop in _split_ranges(split, split_infos, limit)
+    ]
+    share = tfds.even_splits(functools.reduce(operator.add, whole), n=process_count)[process_index]
+    return _absolute(share, split_infos)
+
+
+def _count(ranges: Ranges) -> int:
+    return sum(stop - start for _, start, stop in ranges)
+
+
+def _to_channels(image: tf.Tensor, channels: int, num_channels: int) -> tf.Tensor:
+    """Returns float image [H, W, num_channels]: alpha dropped, RGB to BT.601 luma, gray tiled."""
+    if channels in (2, 4):
+        image = image[..., : channels - 1]  # Drop alpha, as PIL's convert does.
+        channels -= 1
+    if channels == num_channels:
+        return image
+    if num_channels == 1:
+        return tf.reduce_sum(image * tf.constant(_LUMA_WEIGHTS, tf.float32), -1, keepdims=True)
+    return tf.tile(image, [1, 1, 3])
+
+
+def _center_crop_resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Returns [S, S, C]: the central square, area-shrunk or bilinear-enlarged to image_size."""
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    side = tf.minimum(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    image = image[top : top + side, left : left + side]  # [side, side, C]
+    size = [image_size, image_size]
+    return tf.case(
+        [
+            (tf.equal(side, image_size), lambda: image),
+            (tf.greater(side, image_size), lambda: tf.image.resize(image, size, method="area")),
+        ],
+        default=lambda: tf.image.resize(image, size, method="bilinear"),
+    )
+
+
+def _to_levels(
+    example: dict[str, tf.Tensor], channels: int, data_config: ml_collections.ConfigDict
+) -> dict[str, tf.Tensor]:
+    """Returns {"image": integer levels [S, S, C] in [0, num_levels), "label": int32}."""
+    image = tf.cast(example["image"], tf.float32)
+    image = _to_channels(image, channels, data_config.num_channels)
+    image = _center_crop_resize(image, data_config.image_size)
+    # Rounding back to integer levels keeps resized pixels on the data's discrete grid, which the
+    # discretized likelihood (bits/dim) assumes.
+    image = tf.clip_by_value(tf.round(image), 0.0, float(data_config.num_levels - 1))
+    # Small integers until batching: a shuffle buffer of uint8 takes a quarter of float32's memory.
+    image = tf.cast(image, tf.uint8 if data_config.num_levels <= 256 else tf.int32)
+    size = data_config.image_size
+    image = tf.ensure_shape(image, [size, size, data_config.num_channels])
+    return {"image": image, "label": example["label"]}
+
+
+def _to_unit_range(images: tf.Tensor, num_levels: int) -> tf.Tensor:
+    """Returns float32 levels v mapped to v / (num_levels - 1) * 2 - 1, in [-1, 1]."""
+    return tf.cast(images, tf.float32) / float(num_levels - 1) * 2.0 - 1.0
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index {index} is not in [0, {count}).")
+    return index, count
+
+
+def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
+    """Returns the examples of split over all processes (image folders: files, bad ones too)."""
+    source = _open_source(data_config)
+    return _count(_split_ranges(split, source.split_infos))
+
+
+def create_train_iterator(
+    data_config: ml_collections.ConfigDict,
+    batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    start_batch: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Returns endless shuffled batches of this process's shard of data.train_split.
+
+    The stream is a fixed function of (seed, process): start_batch > 0 resumes it after that many
+    batches, so a restored run sees exactly the batches an uninterrupted one would.
+
+    Yields {"image": float32 [batch_size, S, S, C] in [-1, 1], "label": int32 [batch_size]};
+    batch_size is per process. Fails here, not at the first batch, if the data are missing.
+    """
+    process_index, process_count = _process(process_index, process_count)
+    source = _open_source(data_config)
+    _check_config(data_config, source)
+    ranges = _process_ranges(
+        data_config.train_split, source.split_infos, process_index, process_count
+    )
+    if _count(ranges) == 0:
+        raise ValueError(f"Process {process_index} has no examples of {data_config.train_split}.")
+    logging.info("Process %d trains on %s of %s.", process_index, ranges, data_config.dataset)
+    # Independent streams per process for file order, buffer order and flips.
+    file_seed, shuffle_seed, flip_seed = (
+        int(s) for s in np.random.SeedSequence([seed, process_index]).generate_state(3) >> 1
+    )
+    ds = source.read(ranges, shuffle_files=True, seed=file_seed)
+    ds = ds.map(
+        functools.partial(_to_levels, channels=source.channels, data_config=data_config),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    ds = ds.shuffle(data_config.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.repeat()
+    if data_config.random_flip:
+
+        def flip(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            # A stateless flip keyed by (seed, position in the stream) is reproducible.
+            key = tf.stack([tf.constant(flip_seed, tf.int64), index])
+            image = tf.image.stateless_random_flip_left_right(example["image"], seed=key)
+            return {"image": image, "label": example["label"]}
+
+        ds = ds.enumerate().map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    num_levels = data_config.num_levels
+    ds = ds.map(
+        lambda batch: {
+            "image": _to_unit_range(batch["image"], num_levels),
+            "label": batch["label"],
+        },
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return iter(tfds.as_numpy(ds))
+
+
+def create_eval_iterator(
+    data_config: ml_collections.ConfigDict,
+    batch_size: int,
+    split: str | None = None,
+    num_examples: int = -1,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Returns one ordered pass over this process's shard of split (default data.eval_split).
+
+    Yields {"image": float32 [batch_size, S, S, C], "label": int32 [batch_size], "mask": float32
+    [batch_size]} (mask 1 real, 0 padding). num_examples > 0 keeps the split's first examples.
+    Every process yields the same number of batches, so collective eval steps stay in lockstep.
+    """
+    process_index, process_count = _process(process_index, process_count)
+    source = _open_source(data_config)
+    _check_config(data_config, source)
+    split = split or data_config.eval_split
+    shares = [
+        _process_ranges(split, source.split_infos, p, process_count, num_examples)
+        for p in range(process_count)
+    ]
+    num_batches = math.ceil(max(_count(r) for r in shares) / batch_size)
+    ranges = shares[process_index]
+    size, channels = data_config.image_size, data_config.num_channels
+    padding = {
+        "image": np.zeros((size, size, channels), np.float32),
+        "label": np.int32(0),
+        "mask": np.float32(0.0),
+    }
+    if _count(ranges):
+        ds = source.read(ranges)
+        level_fn = functools.partial(_to_levels, channels=source.channels, data_config=data_config)
+
+        def preprocess(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            example = level_fn(example)
+            return {
+                "image": _to_unit_range(example["image"], data_config.num_levels),
+                "label": example["label"],
+                "mask": tf.constant(1.0, tf.float32),
+            }
+
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = tf.data.Dataset.from_tensors(padding).take(0)
+    # Endless padding cut at num_batches * batch_size: no count of the real examples is needed
+    # (image folders may have skipped undecodable files), and every batch has the static shape.
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+    ds = ds.take(num_batches * batch_size).batch(batch_size, drop_remainder=True)
+    return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
