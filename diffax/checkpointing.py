@@ -27,9 +27,8 @@ def create_manager(
         create=not read_only,
         read_only=read_only,
     )
-    return ocp.CheckpointManager(
-        checkpoint_dir(workdir), options=options, item_names=(STATE, CONFIG)
-    )
+    handlers = {STATE: ocp.StandardCheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def save(
@@ -101,7 +100,7 @@ def restore(
     if step is None:
         return None
     metadata = manager.item_metadata(step)[STATE]
-    check_compatible(metadata, abstract_state, str(manager.directory))
+    check_compatible(getattr(metadata, "tree", metadata), abstract_state, str(manager.directory))
     restored = manager.restore(
         step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
     )

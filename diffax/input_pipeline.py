@@ -314,6 +314,10 @@ def create_train_iterator(
             return {"image": image, "label": example["label"]}
 
         ds = ds.enumerate().map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+    if start_batch:
+        # Skip examples, not batches: tf.data's default rewrites reorder a skip placed after
+        # batch(shuffle(...).repeat()) (seen with TF 2.21), which would break exact resume.
+        ds = ds.skip(start_batch * batch_size)
     ds = ds.batch(batch_size, drop_remainder=True)
     num_levels = data_config.num_levels
     ds = ds.map(

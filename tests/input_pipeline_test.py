@@ -96,6 +96,26 @@ def test_train_order_depends_on_the_seed_only(digits_config):
     assert not np.array_equal(first_labels(0), first_labels(1))
 
 
+def test_start_batch_resumes_the_exact_stream_across_an_epoch_boundary(digits_config):
+    # 1437 train examples make 22 batches of 64 an epoch: resume inside the second epoch.
+    straight = _take(input_pipeline.create_train_iterator(digits_config, 64, seed=0), 26)
+    resumed = _take(
+        input_pipeline.create_train_iterator(digits_config, 64, seed=0, start_batch=23), 3
+    )
+    for want, got in zip(straight[23:], resumed, strict=True):
+        np.testing.assert_array_equal(want["image"], got["image"])
+        np.testing.assert_array_equal(want["label"], got["label"])
+
+
+def test_start_batch_resumes_the_flips_too(tmp_path):
+    _write_ramps(tmp_path, 4)
+    config = _folder_config(tmp_path, random_flip=True)
+    straight = _take(input_pipeline.create_train_iterator(config, 8, seed=1), 5)
+    resumed = _take(input_pipeline.create_train_iterator(config, 8, seed=1, start_batch=3), 2)
+    for want, got in zip(straight[3:], resumed, strict=True):
+        np.testing.assert_array_equal(want["image"], got["image"])
+
+
 # Digits: evaluation and sharding.
 
 

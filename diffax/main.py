@@ -1,0 +1,49 @@
+"""Entry point: `python -m diffax.main --config=configs/digits.py --workdir=DIR [--mode=...]`.
+
+Kept short on purpose: flags, distributed start-up, then one call into the library.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file (with --config.a.b=v overrides).")
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs, samples and eval files.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to run.")
+flags.DEFINE_integer(
+    "num_samples", None, "sample mode: images to generate (default eval.num_samples)."
+)
+flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "jax.distributed.initialize(): auto starts it on TPU pods, SLURM and when a "
+    "coordinator address is given.",
+)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from diffax import distributed, train
+
+    distributed.initialize(
+        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    logging.get_absl_handler().use_absl_log_file("diffax", FLAGS.workdir)
+    if FLAGS.mode == "train":
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "eval":
+        train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+    else:
+        train.sample_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.num_samples)
+
+
+if __name__ == "__main__":
+    app.run(main)
