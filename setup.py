@@ -21,6 +21,7 @@ setuptools.setup(
         "tensorflow-cpu>=2.18",
         "tensorflow-datasets>=4.9.7",
         "importlib_resources>=6.0",  # TFDS needs it to prepare data sets from builder code.
+        "tensorboard>=2.18",  # Event files for tf.summary.
         "scikit-learn>=1.4",
     ],
     extras_require={

@@ -76,4 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   ev.guidance_scale = 0.0  # Classifier-free guidance w; 0 samples the conditional model.
   ev.clip_denoised = True  # Clip predicted x0 to [-1, 1] while sampling.
   ev.use_ema = True  # Evaluate the EMA parameters (the first rate).
+  ev.quality_metrics = True  # Sample quality in eval: digits Fréchet distance + class accuracy, else FID/IS/PR.
+  ev.classifier_path = None  # Digits classifier checkpoint; None trains one (~10 s) into WORKDIR/digits_classifier.
+  ev.inception_weights = None  # FID Inception-v3 .npz (diffax/metrics/inception.py); None skips FID/IS/PR.
+  ev.reference_stats = None  # FID reference .npz (mu, sigma or images); None: eval_split, cached beside the data.
+  ev.num_reference_examples = -1  # Eval-split examples for the FID reference statistics; -1 takes all.
   return config

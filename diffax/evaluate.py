@@ -232,6 +232,11 @@ def evaluate_state(config, workdir: str, trainer, state, writer=None) -> dict[st
         results["test/bpd_conditional"] = evaluate_bpd(*args, conditional=True)["bpd"]
     sampler = Sampler(config, trainer.model, trainer.process, trainer.mesh)
     images = sampler.generate(params, config.eval.num_samples, seed=step)
+    if config.eval.quality_metrics:
+        from diffax import sample_quality
+
+        labels = sampler.labels(len(images)) if trainer.model.num_classes else None
+        results.update(sample_quality.quality_metrics(config, images, labels, workdir))
     name = f"eval_samples_{step:08d}"
     results["samples_png"] = save_samples(
         workdir, name, images, config, sampler.labels(len(images))
@@ -244,3 +249,14 @@ def evaluate_state(config, workdir: str, trainer, state, writer=None) -> dict[st
         path.write_text(json.dumps(results, indent=2))
         logging.info("Eval at step %d: %s (written to %s)", step, results, path)
     return results
+
+
+def main() -> None:
+    """Command line: sample-quality metrics of saved images (see sample_quality.cli_main)."""
+    from diffax import sample_quality
+
+    sample_quality.cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,8 @@ Kept short on purpose: flags, distributed start-up, then one call into the libra
 """
 
 import os
+import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -30,19 +32,30 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from diffax import distributed, train
+    from diffax import distributed, preemption, train
 
     distributed.initialize(
         FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
     os.makedirs(FLAGS.workdir, exist_ok=True)
     logging.get_absl_handler().use_absl_log_file("diffax", FLAGS.workdir)
-    if FLAGS.mode == "train":
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == "eval":
-        train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
-    else:
-        train.sample_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.num_samples)
+    FLAGS.alsologtostderr = True  # The log file in the workdir, and the console too.
+    try:
+        if FLAGS.mode == "train":
+            train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        elif FLAGS.mode == "eval":
+            train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+        else:
+            train.sample_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.num_samples)
+    except preemption.Preempted as e:
+        logging.warning("%s", e)
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        # One sentence on the console; the traceback goes to the log file in the workdir.
+        FLAGS.alsologtostderr = False
+        logging.error("Stopped: %s\n%s", e, traceback.format_exc())
+        print(f"diffax: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

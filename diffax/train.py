@@ -17,6 +17,7 @@ from diffax import (
     diffusion,
     evaluate,
     input_pipeline,
+    preemption,
     schedules,
     sharding,
     validation,
@@ -279,6 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
     writer = evaluate.create_writer(workdir)
     sampler = evaluate.Sampler(config, trainer.model, trainer.process, trainer.mesh)
     bar = _progress(t.num_steps, start_step)
+    guard = preemption.PreemptionGuard()
     last_time, last_step = time.time(), start_step
     for step in range(start_step, t.num_steps):
         batch = sharding.global_batch(next(train_iter), trainer.mesh)
@@ -308,8 +310,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
                     f"{done} (training.max_consecutive_skips={t.max_consecutive_skips}); lower "
                     "training.learning_rate or check the data."
                 )
-        if done % t.checkpoint_every == 0 or done == t.num_steps:
+        stop = guard.should_stop(done)
+        if stop or done % t.checkpoint_every == 0 or done == t.num_steps:
             checkpointing.save(manager, done, state, config)
+        if stop:
+            manager.wait_until_finished()
+            guard.close()
+            logging.warning("SIGTERM: saved the checkpoint at step %d; exiting.", done)
+            raise preemption.Preempted(done)
         if t.sample_every and done % t.sample_every == 0:
             images = sampler.generate(
                 evaluate.eval_params(state, config), config.eval.num_samples, done
@@ -317,6 +325,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
             evaluate.save_samples(workdir, f"samples_{done:08d}", images, config)
     if bar is not None:
         bar.close()
+    guard.close()
     manager.wait_until_finished()
     if start_step >= t.num_steps:
         logging.info("Training already finished at step %d.", start_step)
