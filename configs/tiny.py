@@ -22,4 +22,5 @@ def get_config():
     config.eval.batch_size = 32
     config.eval.num_bpd_examples = 32
     config.eval.num_samples = 16
+    config.eval.sample_steps = 10
     return config

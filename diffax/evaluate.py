@@ -73,7 +73,11 @@ class Sampler:
         self.model = model
         self.mesh = mesh
         self.process = sampling_process(config, process)
-        self.batch_size = config.eval.batch_size
+        # Batches of eval.batch_size, or fewer when fewer samples are wanted (a multiple of the
+        # device count, so the batch splits evenly over the mesh).
+        devices = mesh.size
+        wanted = -(-config.eval.num_samples // devices) * devices
+        self.batch_size = min(config.eval.batch_size, wanted)
         self.shape = (
             self.batch_size,
             config.data.image_size,

@@ -110,6 +110,7 @@ class _FolderSource:
             image_size=self.config.image_size,
             num_channels=self.config.num_channels,
             skip_bad_images=bool(self.config.get("skip_bad_images", False)),
+            resize=bool(self.config.get("resize_images", True)),
         )
         return tf.data.Dataset.from_tensor_slices(
             {"image": decoded.images, "label": decoded.labels}

@@ -126,10 +126,9 @@ def digits_quality(
         raise ValueError(f"digits samples must be [N, 8, 8, 1], got shape {samples.shape}")
     if samples.shape[0] < 2:
         raise ValueError(f"Fréchet distance needs at least 2 samples, got {samples.shape[0]}")
-    samples = snap_to_levels(
-        samples, config.data.num_levels
-    )  # [N, 8, 8, 1], as save_samples stores them
-    params = digits_classifier.get_or_train_classifier(classifier_path)
+    # [N, 8, 8, 1] on the data's levels, as save_samples stores them.
+    samples = snap_to_levels(samples, config.data.num_levels)
+    params = _classifier_params(classifier_path)
     train_images, _, test_images, _ = digits_classifier.load_digits_split()
     sample_features, sample_logits = digits_classifier.features_and_logits(params, samples)
     test_stats = fid.compute_statistics(
@@ -153,6 +152,19 @@ def digits_quality(
         predicted = np.argmax(sample_logits, axis=-1)  # [N]
         results["digits_class_accuracy"] = float(np.mean(predicted == labels))
     return results
+
+
+def _classifier_params(path: str) -> dict:
+    """Returns the digits classifier at path, trained and saved there first if it is absent."""
+    path = os.path.abspath(path)
+    if jax.process_count() > 1 and not os.path.isdir(path):
+        # orbax refuses to save host-local jax.Arrays from several processes, but writes NumPy
+        # arrays once; every process trains the same seeded classifier and saves it together.
+        params, _ = digits_classifier.train_classifier(*digits_classifier.load_digits_split())
+        params = jax.device_get(params)
+        digits_classifier.save_classifier(path, params)
+        return params
+    return digits_classifier.get_or_train_classifier(path)
 
 
 def _frechet(stats1: dict[str, np.ndarray], stats2: dict[str, np.ndarray]) -> float:
@@ -180,12 +192,12 @@ def default_statistics_path(config: ml_collections.ConfigDict, network: str = "i
         folder = os.path.abspath(os.fspath(data.folder))
         dataset += "_" + hashlib.sha1(folder.encode()).hexdigest()[:10]
     size = data.image_size
-    name = f"{network}_{dataset}_{data.eval_split}_{size}x{size}x{data.num_channels}"
+    parts = [network, dataset, data.eval_split, f"{size}x{size}x{data.num_channels}"]
     limit = config.eval.get("num_reference_examples", -1)
     if limit and limit > 0:
-        name += f"_first{limit}"
+        parts.append(f"first{limit}")
     # TFDS names and split specs hold "/", "[", ":" and "%" (imagenet_resized/64x64, test[:10%]).
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    name = "_".join(re.sub(r"[^A-Za-z0-9.-]+", "_", part).strip("_") for part in parts)
     return os.path.join(os.fspath(root), STATISTICS_FOLDER, name + ".npz")
 
 

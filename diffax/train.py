@@ -8,7 +8,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 
@@ -295,8 +294,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
             metrics["images_per_sec"] = metrics["steps_per_sec"] * t.batch_size
             last_time, last_step = now, done
             evaluate.write_scalars(writer, done, {f"train/{k}": v for k, v in metrics.items()})
-            logging.info(
+            logging.log_if(
+                logging.INFO,
                 "step %d: loss %.4f mse %.4f vb %.4f | %.1f steps/s %.0f images/s",
+                jax.process_index() == 0,
                 done,
                 metrics["loss"],
                 metrics["mse"],

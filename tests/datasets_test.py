@@ -204,3 +204,12 @@ def test_skip_bad_images_skips_and_logs_the_count(tmp_path, monkeypatch):
     np.testing.assert_array_equal(decoded.labels, [0, 2, 3])
     np.testing.assert_array_equal(decoded.images[:, 0, 0, 0], [0, 50, 100])
     assert len(logged) == 1 and "Skipped 1 of 4" in logged[0] and "broken.png" in logged[0]
+
+
+def test_an_image_of_another_size_is_refused_when_resizing_is_off(tmp_path):
+    path = _save(tmp_path / "wide.png", np.zeros((6, 10), np.uint8))
+    with pytest.raises(ValueError, match=r"wide\.png is 10x6, not 8x8; set data.resize_images"):
+        image_folder.load_image(path, 8, 1, resize=False)
+    assert image_folder.load_image(path, 8, 1, resize=True).shape == (8, 8, 1)
+    exact = _save(tmp_path / "exact.png", np.full((8, 8), 7, np.uint8))
+    np.testing.assert_array_equal(image_folder.load_image(exact, 8, 1, resize=False), 7)

@@ -57,13 +57,13 @@ def test_every_config_builds_its_model_abstractly(make, out_channels, min_params
 
 
 def _fixed_loss(trainer, params, batch, key):
-    """The expected loss on a fixed batch, fixed timesteps and noise: a training signal gauge."""
+    """The loss on a fixed batch at fixed timesteps and noise: a gauge of what training learned."""
     process = trainer.process
     t = jax.random.randint(key, (batch["image"].shape[0],), 0, process.num_timesteps)
     noise = jax.random.normal(jax.random.fold_in(key, 1), batch["image"].shape)
     model_fn = lambda x, tt: trainer.model.apply({"params": params}, x, tt, batch["label"])
     out = diffusion.training_losses(process, model_fn, batch["image"], t, noise, num_levels=17)
-    return float(jnp.mean(out["loss"]))
+    return jnp.mean(out["loss"])
 
 
 def test_a_few_steps_reduce_the_loss_on_digits(data_dir):
@@ -73,12 +73,18 @@ def test_a_few_steps_reduce_the_loss_on_digits(data_dir):
     state = trainer.init()
     step = trainer.compile(config.training.batch_size)
     data = input_pipeline.create_train_iterator(config.data, 32, seed=0)
-    gauge_batch = {k: jnp.asarray(v) for k, v in next(data).items()}
-    keys = [jax.random.PRNGKey(i) for i in range(4)]
-    before = np.mean([_fixed_loss(trainer, state.params, gauge_batch, k) for k in keys])
+    gauge_batch = sharding.global_batch(next(data), trainer.mesh)
+    gauge = jax.jit(
+        lambda params: jnp.mean(
+            jnp.stack([
+                _fixed_loss(trainer, params, gauge_batch, jax.random.PRNGKey(i)) for i in range(4)
+            ])
+        )
+    )
+    before = float(gauge(state.params))
     for _ in range(config.training.num_steps):
         state, metrics = step(state, sharding.global_batch(next(data), trainer.mesh))
-    after = np.mean([_fixed_loss(trainer, state.params, gauge_batch, k) for k in keys])
+    after = float(gauge(state.params))
     assert np.isfinite(float(metrics["loss"]))
     assert after < 0.7 * before, (before, after)
 
@@ -110,6 +116,43 @@ def test_eight_device_step_matches_one_device_step(loss_type):
     (params_1, loss_1), (params_8, loss_8) = results
     np.testing.assert_allclose(loss_1, loss_8, rtol=1e-5)
     chex.assert_trees_all_close(params_1, params_8, atol=1e-5, rtol=1e-4)
+
+
+def test_fsdp_sharded_parameters_train_like_replicated_ones():
+    config = tiny.get_config()
+    config.model.dropout = 0.0
+    results = []
+    for fsdp in (1, 4):
+        config.mesh.fsdp = fsdp
+        trainer = train.Trainer(config)
+        state = trainer.init()
+        if fsdp > 1:  # Some arrays really are split over the fsdp axis.
+            specs = [x.sharding.spec for x in jax.tree.leaves(state.params)]
+            assert any(sharding.FSDP in spec for spec in specs)
+            kernel = state.opt_state[1][0].mu["out_conv"]["kernel"]
+            assert sharding.FSDP in kernel.sharding.spec or kernel.size < 2**14
+        for i in range(2):
+            state, metrics = trainer.train_step(
+                state, sharding.global_batch(_batch(config, i), trainer.mesh)
+            )
+        results.append(jax.device_get((state.params, float(metrics["loss"]))))
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+    chex.assert_trees_all_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
+
+
+def test_non_finite_batches_are_skipped_and_training_stops_after_the_limit(
+    data_dir, tmp_path, monkeypatch
+):
+    config = _tiny(data_dir, num_steps=10, log_every=1, max_consecutive_skips=3)
+    real = input_pipeline.create_train_iterator
+
+    def poisoned(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            yield {**batch, "image": np.full_like(batch["image"], np.nan)}
+
+    monkeypatch.setattr(input_pipeline, "create_train_iterator", poisoned)
+    with pytest.raises(FloatingPointError, match="3 consecutive non-finite updates at step 3"):
+        train.train(config, str(tmp_path))
 
 
 def test_train_step_compiles_once():

@@ -93,8 +93,15 @@ def center_crop_resize(image: Image.Image, image_size: int) -> Image.Image:
     return image.resize((image_size, image_size), resample=resample)
 
 
-def load_image(path: str, image_size: int, num_channels: int) -> np.ndarray:
+class _WrongSize(ValueError):
+    """An image of another size where resizing is off."""
+
+
+def load_image(path: str, image_size: int, num_channels: int, resize: bool = True) -> np.ndarray:
     """Returns uint8 [image_size, image_size, num_channels]; ValueError naming path if undecodable.
+
+    resize=False refuses (ValueError naming the path) an image that is not image_size square,
+    instead of center-cropping and resizing it.
 
     Grayscale uses PIL's ITU-R 601-2 luma (L = 0.299 R + 0.587 G + 0.114 B); alpha is dropped, not
     composited; palette images go through their palette; an animation gives its first frame.
@@ -108,8 +115,16 @@ def load_image(path: str, image_size: int, num_channels: int) -> np.ndarray:
             if image.mode == "P":
                 image = image.convert("RGBA")  # Resolve the palette (and its transparency) first.
             image = image.convert("L" if num_channels == 1 else "RGB")
+            if not resize and image.size != (image_size, image_size):
+                raise _WrongSize(
+                    f"Image file {path} is {image.size[0]}x{image.size[1]}, not "
+                    f"{image_size}x{image_size}; set data.resize_images=True to center-crop "
+                    "and resize it."
+                )
             image = center_crop_resize(image, image_size)
             array = np.asarray(image, dtype=np.uint8)
+    except _WrongSize:
+        raise
     except _DECODE_ERRORS as error:
         raise ValueError(f"Cannot decode image file {path}: {error}") from error
     return array.reshape(image_size, image_size, num_channels)
@@ -122,12 +137,13 @@ def load_images(
     num_channels: int,
     skip_bad_images: bool = False,
     num_threads: int = 8,
+    resize: bool = True,
 ) -> DecodedImages:
     """Returns the decoded files in order; a bad file raises ValueError unless skip_bad_images."""
 
     def decode(path: str) -> np.ndarray | ValueError:
         try:
-            return load_image(path, image_size, num_channels)
+            return load_image(path, image_size, num_channels, resize)
         except ValueError as error:
             if not skip_bad_images:
                 raise

@@ -181,5 +181,5 @@ def get_or_train_classifier(
     if train_images is None:
         train_images, train_labels, test_images, test_labels = load_digits_split()
     params, _ = train_classifier(train_images, train_labels, test_images, test_labels, seed=seed)
-    save_classifier(path, params)
+    save_classifier(path, jax.device_get(params))  # Host arrays: any process count.
     return params

@@ -1,0 +1,131 @@
+"""End-to-end tests of `python -m diffax.main` in real subprocesses: runs, faults and exit codes."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from diffax import preemption
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _command(workdir, data_dir, *overrides, mode="train"):
+    return [
+        sys.executable, "-m", "diffax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+        f"--mode={mode}", f"--config.data.data_dir={data_dir}", *overrides,
+    ]
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # One CPU device, as a user's laptop.
+    return env
+
+
+def _run(*args, **kwargs):
+    return subprocess.run(
+        _command(*args, **kwargs), cwd=ROOT, env=_env(), capture_output=True, text=True,
+        timeout=300,
+    )
+
+
+def _start(*args, **kwargs):
+    return subprocess.Popen(
+        _command(*args, **kwargs), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _final_params(workdir):
+    """Reads the newest checkpoint's parameters with a plain orbax restore (no diffax code)."""
+    import orbax.checkpoint as ocp
+
+    steps = sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")) if p.isdigit())
+    path = os.path.join(workdir, "checkpoints", str(steps[-1]), "state")
+    tree = ocp.StandardCheckpointer().restore(path)
+    return steps[-1], tree["params"]
+
+
+def _log_has(workdir, text):
+    path = os.path.join(workdir, "diffax.INFO")
+    return os.path.exists(path) and text in open(path, errors="replace").read()
+
+
+def test_train_then_eval_and_sample_modes(data_dir, tmp_path):
+    workdir = str(tmp_path)
+    done = _run(workdir, data_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(workdir, "eval_00000004.json")) as f:
+        results = json.load(f)
+    assert np.isfinite(results["test/bpd"])
+    assert os.path.exists(os.path.join(workdir, "eval_samples_00000004.png"))
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    sample = _run(workdir, data_dir, "--num_samples=3", mode="sample")
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert os.path.exists(os.path.join(workdir, "samples_00000004_n3.png"))
+
+
+def test_eval_without_checkpoint_and_bad_config_fail_in_one_sentence(data_dir, tmp_path):
+    empty = _run(str(tmp_path / "empty"), data_dir, mode="eval")
+    assert empty.returncode == 1
+    assert "diffax: error: No checkpoint in" in empty.stderr
+    assert "Traceback" not in empty.stderr
+    bad = _run(str(tmp_path / "bad"), data_dir, "--config.diffusion.var_type=fixed_tiny")
+    assert bad.returncode == 1
+    assert "diffax: error: diffusion.var_type='fixed_tiny' is not one of" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_sigterm_saves_at_the_next_step_and_exits_with_the_preemption_status(data_dir, tmp_path):
+    workdir = str(tmp_path)
+    proc = _start(
+        workdir, data_dir, "--config.training.num_steps=100000", "--config.training.log_every=1",
+        "--config.training.checkpoint_every=100000",
+    )
+    deadline = time.time() + 240
+    while not _log_has(workdir, "step 3:") and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == preemption.PREEMPTED_EXIT_CODE
+    step, _ = _final_params(workdir)
+    assert step >= 3  # Saved at the step boundary after the signal, not at checkpoint_every.
+    assert _log_has(workdir, f"saved the checkpoint at step {step}")
+
+
+def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path):
+    every_step = ("--config.training.num_steps=8", "--config.training.checkpoint_every=1")
+    reference = str(tmp_path / "reference")
+    done = _run(reference, data_dir, *every_step, "--config.eval.num_bpd_examples=8")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref_step, ref_params = _final_params(reference)
+    workdir = str(tmp_path / "killed")
+    rng = random.Random(0)
+    for _ in range(3):
+        proc = _start(workdir, data_dir, *every_step)
+        # Wait for the loop to run (or to be near the end), then kill at a random moment.
+        deadline = time.time() + 240
+        while not _log_has(workdir, "Compiled the train step") and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.kill()
+        proc.wait()
+    resumed = _run(workdir, data_dir, *every_step, "--config.eval.num_bpd_examples=8")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    step, params = _final_params(workdir)
+    assert step == ref_step == 8
+    import jax
+
+    jax.tree.map(np.testing.assert_array_equal, ref_params, params)
