@@ -68,7 +68,7 @@ def conditional_model_fn(model, params, labels):
 class Sampler:
     """Generates images with the config's sampler; compiled once per batch shape."""
 
-    def __init__(self, config: ml_collections.ConfigDict, model, process, mesh):
+    def __init__(self, config: ml_collections.ConfigDict, model, process, mesh, num_samples=None):
         self.config = config
         self.model = model
         self.mesh = mesh
@@ -76,7 +76,7 @@ class Sampler:
         # Batches of eval.batch_size, or fewer when fewer samples are wanted (a multiple of the
         # device count, so the batch splits evenly over the mesh).
         devices = mesh.size
-        wanted = -(-config.eval.num_samples // devices) * devices
+        wanted = -(-(num_samples or config.eval.num_samples) // devices) * devices
         self.batch_size = min(config.eval.batch_size, wanted)
         self.shape = (
             self.batch_size,
@@ -160,7 +160,8 @@ def save_samples(workdir: str, name: str, images: np.ndarray, config, labels=Non
     columns = config.data.num_classes if config.model.class_cond else 10
     columns = columns if 0 < columns <= 16 else int(np.ceil(np.sqrt(len(images))))
     scale = max(1, 64 // config.data.image_size)
-    grid = image_grid(images, config.data.num_levels, columns, scale)
+    shown = images[: columns * 10]  # The grid shows ten rows; the .npz holds every sample.
+    grid = image_grid(shown, config.data.num_levels, columns, scale)
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
     np.savez_compressed(
         os.path.join(workdir, name + ".npz"),
@@ -231,7 +232,7 @@ def evaluate_state(config, workdir: str, trainer, state, writer=None) -> dict[st
     args = (config, trainer.model, trainer.process, trainer.mesh, params)
     bpd = evaluate_bpd(*args)
     results.update({f"test/{k}": v for k, v in bpd.items()})
-    if trainer.model.num_classes:
+    if trainer.model.num_classes and config.eval.conditional_bpd:
         # p(x|y) for the true labels; test/bpd above is p(x) through the learned null class.
         results["test/bpd_conditional"] = evaluate_bpd(*args, conditional=True)["bpd"]
     sampler = Sampler(config, trainer.model, trainer.process, trainer.mesh)

@@ -43,7 +43,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
-    """Shards the largest dimension divisible by fsdp; small or indivisible arrays stay replicated."""
+    """Splits the largest dimension divisible by fsdp; small or indivisible arrays replicate."""
     if fsdp == 1 or math.prod(shape) < min_size:
         return P()
     for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):

@@ -277,7 +277,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
         config.data, local_batch, seed=config.seed, start_batch=start_step
     )
     writer = evaluate.create_writer(workdir)
-    sampler = evaluate.Sampler(config, trainer.model, trainer.process, trainer.mesh)
+    grid_size = min(config.eval.num_samples, 100)  # Grids during training: 100 at most.
+    sampler = evaluate.Sampler(
+        config, trainer.model, trainer.process, trainer.mesh, num_samples=grid_size
+    )
     bar = _progress(t.num_steps, start_step)
     guard = preemption.PreemptionGuard()
     last_time, last_step = time.time(), start_step
@@ -320,9 +323,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
             logging.warning("SIGTERM: saved the checkpoint at step %d; exiting.", done)
             raise preemption.Preempted(done)
         if t.sample_every and done % t.sample_every == 0:
-            images = sampler.generate(
-                evaluate.eval_params(state, config), config.eval.num_samples, done
-            )
+            images = sampler.generate(evaluate.eval_params(state, config), grid_size, done)
             evaluate.save_samples(workdir, f"samples_{done:08d}", images, config)
     if bar is not None:
         bar.close()
@@ -360,7 +361,9 @@ def sample_checkpoint(
     validation.validate_config(config)
     trainer, state = _restore_for_eval(config, workdir)
     num_samples = num_samples or config.eval.num_samples
-    sampler = evaluate.Sampler(config, trainer.model, trainer.process, trainer.mesh)
+    sampler = evaluate.Sampler(
+        config, trainer.model, trainer.process, trainer.mesh, num_samples=num_samples
+    )
     step = int(jax.device_get(state.step))
     images = sampler.generate(evaluate.eval_params(state, config), num_samples, seed=step + 1)
     path = evaluate.save_samples(

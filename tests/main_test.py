@@ -23,8 +23,14 @@ def data_dir(tmp_path_factory):
 
 def _command(workdir, data_dir, *overrides, mode="train"):
     return [
-        sys.executable, "-m", "diffax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
-        f"--mode={mode}", f"--config.data.data_dir={data_dir}", *overrides,
+        sys.executable,
+        "-m",
+        "diffax.main",
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--mode={mode}",
+        f"--config.data.data_dir={data_dir}",
+        *overrides,
     ]
 
 
@@ -36,15 +42,23 @@ def _env():
 
 def _run(*args, **kwargs):
     return subprocess.run(
-        _command(*args, **kwargs), cwd=ROOT, env=_env(), capture_output=True, text=True,
+        _command(*args, **kwargs),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
 
 def _start(*args, **kwargs):
     return subprocess.Popen(
-        _command(*args, **kwargs), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
+        _command(*args, **kwargs),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -91,7 +105,10 @@ def test_eval_without_checkpoint_and_bad_config_fail_in_one_sentence(data_dir, t
 def test_sigterm_saves_at_the_next_step_and_exits_with_the_preemption_status(data_dir, tmp_path):
     workdir = str(tmp_path)
     proc = _start(
-        workdir, data_dir, "--config.training.num_steps=100000", "--config.training.log_every=1",
+        workdir,
+        data_dir,
+        "--config.training.num_steps=100000",
+        "--config.training.log_every=1",
         "--config.training.checkpoint_every=100000",
     )
     deadline = time.time() + 240

@@ -25,7 +25,10 @@ def _run(num_processes: int, tmp_path) -> dict:
     procs = [
         subprocess.Popen(
             [sys.executable, WORKER, str(out_dir), workdir, str(i), str(num_processes), port],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(num_processes)
     ]

@@ -62,8 +62,12 @@ def main():
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored_params), strict=True)
     )
     if process_id == 0:
-        np.savez(os.path.join(out_dir, "result.npz"), losses=np.array(losses),
-                 restored_equal=np.array(same), **flat)
+        np.savez(
+            os.path.join(out_dir, "result.npz"),
+            losses=np.array(losses),
+            restored_equal=np.array(same),
+            **flat,
+        )
     multihost_utils.sync_global_devices("done")
 
 

@@ -88,8 +88,12 @@ def test_guidance_on_an_unconditional_model_is_refused():
 
 FIELDS = sorted({f for f, _ in INVALID})
 JUNK = st.one_of(
-    st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.text(max_size=8), st.none(),
-    st.tuples(st.integers(-64, 64)), st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.none(),
+    st.tuples(st.integers(-64, 64)),
+    st.booleans(),
 )
 
 
