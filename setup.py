@@ -25,6 +25,12 @@ setuptools.setup(
         "scikit-learn>=1.4",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100", "scipy>=1.11", "ruff>=0.6"],
+        "test": [
+            "pytest>=8.0",
+            "pytest-xdist>=3.5",
+            "hypothesis>=6.100",
+            "scipy>=1.11",
+            "ruff>=0.6",
+        ],
     },
 )
