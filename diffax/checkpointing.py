@@ -1,6 +1,7 @@
 """Orbax checkpoints of the full train state with its config: async save, restore or init."""
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -13,7 +14,9 @@ CONFIG = "config"
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
-    """Returns the folder under the workdir that holds the numbered checkpoints."""
+    """Returns the folder under the workdir that holds the numbered checkpoints (absolute)."""
+    if "://" not in str(workdir):  # Orbax needs absolute paths; gs:// and the like already are.
+        workdir = os.path.abspath(workdir)
     return epath.Path(workdir) / "checkpoints"
 
 

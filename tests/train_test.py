@@ -230,11 +230,14 @@ def test_eval_without_a_checkpoint_says_so(data_dir, tmp_path):
         train.evaluate_checkpoint(_tiny(data_dir), str(tmp_path))
 
 
-def test_checkpoint_of_another_model_shape_is_refused(data_dir, tmp_path):
+def test_checkpoint_of_another_model_shape_is_refused(data_dir, tmp_path, monkeypatch):
     config = _tiny(data_dir, num_steps=2, checkpoint_every=2)
-    train.train(config, str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    train.train(config, "relative/workdir")  # A relative workdir, as in the README.
+    monkeypatch.chdir("relative")
+    config = _tiny(data_dir, num_steps=2, checkpoint_every=2)
     config.model.ch = 64
     config.model.num_head_channels = 64
     with pytest.raises(ValueError, match="does not fit this config.*params/"):
-        train.train(config, str(tmp_path))
-    assert checkpointing.create_manager(str(tmp_path), read_only=True).latest_step() == 2
+        train.train(config, "workdir")
+    assert checkpointing.create_manager("workdir", read_only=True).latest_step() == 2
