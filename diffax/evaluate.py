@@ -248,7 +248,8 @@ def evaluate_state(config, workdir: str, trainer, state, writer=None) -> dict[st
     )
     results["sampler"] = f"{config.eval.sampler}-{sampler.process.num_timesteps}"
     results["guidance_scale"] = config.eval.guidance_scale
-    write_scalars(writer, step, {k: v for k, v in results.items() if k.startswith("test/")})
+    scalars = {k: v for k, v in results.items() if k.startswith(("test/", "samples/"))}
+    write_scalars(writer, step, scalars)
     if jax.process_index() == 0:
         path = epath.Path(workdir) / f"eval_{step:08d}.json"
         path.write_text(json.dumps(results, indent=2))

@@ -257,7 +257,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
-    """Trains to training.num_steps, resuming from the newest checkpoint; returns the state."""
+    """Trains to training.num_steps, resuming from the newest checkpoint.
+
+    Returns (trainer, final state, TensorBoard writer or None); raises Preempted on SIGTERM.
+    """
     validation.validate_config(config, None if devices is None else len(devices))
     trainer = Trainer(config, devices)
     t = config.training
@@ -325,6 +328,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
         if t.sample_every and done % t.sample_every == 0:
             images = sampler.generate(evaluate.eval_params(state, config), grid_size, done)
             evaluate.save_samples(workdir, f"samples_{done:08d}", images, config)
+            last_time, last_step = time.time(), done  # Keep sampling out of the steps/s.
     if bar is not None:
         bar.close()
     guard.close()
