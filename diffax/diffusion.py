@@ -160,7 +160,7 @@ class GaussianDiffusion:
         )
 
 
-def _extract(values: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
+def extract(values: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
     """Returns values[t] reshaped to [B, 1, ..., 1] with ndim axes, to broadcast against x."""
     return values[t].reshape(t.shape + (1,) * (ndim - t.ndim))
 
@@ -169,17 +169,17 @@ def q_mean_variance(
     d: GaussianDiffusion, x0: jax.Array, t: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns mean, variance and log-variance of q(x_t | x0) (variances broadcast to x0)."""
-    mean = _extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
-    variance = jnp.broadcast_to(_extract(1.0 - d.alphas_cumprod, t, x0.ndim), x0.shape)
-    log_variance = jnp.broadcast_to(_extract(d.log_one_minus_alphas_cumprod, t, x0.ndim), x0.shape)
+    mean = extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
+    variance = jnp.broadcast_to(extract(1.0 - d.alphas_cumprod, t, x0.ndim), x0.shape)
+    log_variance = jnp.broadcast_to(extract(d.log_one_minus_alphas_cumprod, t, x0.ndim), x0.shape)
     return mean, variance, log_variance
 
 
 def q_sample(d: GaussianDiffusion, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
     """Returns x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, a sample of q(x_t | x0)."""
     return (
-        _extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
-        + _extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise
+        extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
+        + extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise
     )
 
 
@@ -188,12 +188,12 @@ def q_posterior_mean_variance(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns mean, variance and clipped log-variance of q(x_{t-1} | x_t, x0)."""
     mean = (
-        _extract(d.posterior_mean_coef1, t, x_t.ndim) * x0
-        + _extract(d.posterior_mean_coef2, t, x_t.ndim) * x_t
+        extract(d.posterior_mean_coef1, t, x_t.ndim) * x0
+        + extract(d.posterior_mean_coef2, t, x_t.ndim) * x_t
     )
-    variance = jnp.broadcast_to(_extract(d.posterior_variance, t, x_t.ndim), x_t.shape)
+    variance = jnp.broadcast_to(extract(d.posterior_variance, t, x_t.ndim), x_t.shape)
     log_variance = jnp.broadcast_to(
-        _extract(d.posterior_log_variance_clipped, t, x_t.ndim), x_t.shape
+        extract(d.posterior_log_variance_clipped, t, x_t.ndim), x_t.shape
     )
     return mean, variance, log_variance
 
@@ -203,8 +203,8 @@ def predict_x0_from_eps(
 ) -> jax.Array:
     """Returns x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
     return (
-        _extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
-        - _extract(d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps
+        extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+        - extract(d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps
     )
 
 
@@ -212,7 +212,7 @@ def predict_eps_from_x0(
     d: GaussianDiffusion, x_t: jax.Array, t: jax.Array, x0: jax.Array
 ) -> jax.Array:
     """Returns eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
-    return (_extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0) / _extract(
+    return (extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0) / extract(
         d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim
     )
 
@@ -222,16 +222,16 @@ def predict_x0_from_v(
 ) -> jax.Array:
     """Returns x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v (Salimans & Ho 2022)."""
     return (
-        _extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
-        - _extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * v
+        extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
+        - extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * v
     )
 
 
 def v_target(d: GaussianDiffusion, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
     """Returns v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0 (Salimans & Ho 2022)."""
     return (
-        _extract(d.sqrt_alphas_cumprod, t, x0.ndim) * noise
-        - _extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0
+        extract(d.sqrt_alphas_cumprod, t, x0.ndim) * noise
+        - extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0
     )
 
 
@@ -263,16 +263,16 @@ def p_mean_variance(
         log_variance = var_output
     elif d.var_type == "learned_range":
         # Nichol & Dhariwal eq. 15: interpolate between beta_t and the posterior variance.
-        min_log = _extract(d.posterior_log_variance_clipped, t, ndim)
-        max_log = _extract(jnp.log(d.betas), t, ndim)
+        min_log = extract(d.posterior_log_variance_clipped, t, ndim)
+        max_log = extract(jnp.log(d.betas), t, ndim)
         frac = (var_output + 1.0) / 2.0
         log_variance = frac * max_log + (1.0 - frac) * min_log
     elif d.var_type == "fixed_large":
         # beta_t, with the t=0 entry set to posterior_variance[1] for a finite decoder log-variance.
         large = d.betas.at[0].set(d.posterior_variance[1] if d.num_timesteps > 1 else d.betas[0])
-        log_variance = _extract(jnp.log(large), t, ndim)
+        log_variance = extract(jnp.log(large), t, ndim)
     else:  # fixed_small
-        log_variance = _extract(d.posterior_log_variance_clipped, t, ndim)
+        log_variance = extract(d.posterior_log_variance_clipped, t, ndim)
     log_variance = jnp.broadcast_to(log_variance, x_t.shape)
     variance = jnp.exp(log_variance)
 

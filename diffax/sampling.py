@@ -13,17 +13,12 @@ import jax.numpy as jnp
 
 from diffax.diffusion import (
     GaussianDiffusion,
+    extract,
     p_mean_variance,
     predict_eps_from_x0,
 )
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-def _at(arr: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
-    """Returns arr[t] as float32 shaped [B, 1, ..., 1] to broadcast against x of shape [B, ...]."""
-    values = jnp.asarray(arr, jnp.float32)[t]  # [B]
-    return values.reshape(values.shape + (1,) * (x.ndim - 1))
 
 
 def _model_output(d: GaussianDiffusion, model_fn: ModelFn, x_t: jax.Array, t: jax.Array):
@@ -49,8 +44,8 @@ def p_sample(
 
 def ddim_sigma(d: GaussianDiffusion, t: jax.Array, eta: float, x: jax.Array) -> jax.Array:
     """Returns the DDIM noise scale sigma_t [B, 1, 1, 1] (Song et al. 2021, eq. 16) times eta."""
-    abar = _at(d.alphas_cumprod, t, x)
-    abar_prev = _at(d.alphas_cumprod_prev, t, x)
+    abar = extract(d.alphas_cumprod, t, x.ndim)
+    abar_prev = extract(d.alphas_cumprod_prev, t, x.ndim)
     # Clamp at 0: in float32 abar / abar_prev can round to slightly above 1 for tiny betas.
     ratio = jnp.maximum(1.0 - abar / abar_prev, 0.0)
     return eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar)) * jnp.sqrt(ratio)
@@ -70,7 +65,7 @@ def ddim_step(
     pred_x0 = out["pred_x0"]  # [B, H, W, C]
     # Re-derive eps from the (possibly clipped) pred_x0 so that x_{t-1} stays consistent with it.
     eps = predict_eps_from_x0(d, x_t, t, pred_x0)  # [B, H, W, C]
-    abar_prev = _at(d.alphas_cumprod_prev, t, x_t)
+    abar_prev = extract(d.alphas_cumprod_prev, t, x_t.ndim)
     sigma = ddim_sigma(d, t, eta, x_t)
     direction = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma**2, 0.0)) * eps
     mean = jnp.sqrt(abar_prev) * pred_x0 + direction
@@ -89,7 +84,7 @@ def ddim_reverse_step(
     out = p_mean_variance(d, _model_output(d, model_fn, x_t, t), x_t, t, clip_denoised)
     pred_x0 = out["pred_x0"]  # [B, H, W, C]
     eps = predict_eps_from_x0(d, x_t, t, pred_x0)  # [B, H, W, C]
-    abar_next = _at(d.alphas_cumprod_next, t, x_t)
+    abar_next = extract(d.alphas_cumprod_next, t, x_t.ndim)
     sample = jnp.sqrt(abar_next) * pred_x0 + jnp.sqrt(1.0 - abar_next) * eps
     return {"sample": sample, "pred_x0": pred_x0}
 

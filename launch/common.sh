@@ -24,6 +24,20 @@ launch_join() {
   printf '%s' "$out"
 }
 
+# Takes --dry-run (sets DRY_RUN=1) and -h/--help (prints the usage, exits 0) from anywhere on the
+# command line; the other arguments are left, in order, in the array LAUNCH_ARGS.
+launch_take_common_flags() {
+  LAUNCH_ARGS=()
+  local arg
+  for arg in "$@"; do
+    case "$arg" in
+      --dry-run) DRY_RUN=1 ;;
+      -h|--help) echo "usage: $LAUNCH_USAGE"; exit 0 ;;
+      *) LAUNCH_ARGS+=("$arg") ;;
+    esac
+  done
+}
+
 # Prints the usage line (from $LAUNCH_USAGE) to stderr and exits 2.
 launch_usage_error() {
   [[ -n "${1:-}" ]] && echo "error: $1" >&2

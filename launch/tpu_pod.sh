@@ -12,15 +12,8 @@ zone="${TPU_ZONE:-}"
 project="${TPU_PROJECT:-}"
 repo="${DIFFAX_REPO:-~/diffax}"  # The checkout on the workers; ~ expands there.
 python="${PYTHON:-python3}"
-args=()
-for arg in "$@"; do
-  case "$arg" in
-    --dry-run) DRY_RUN=1 ;;
-    -h|--help) echo "usage: $LAUNCH_USAGE"; exit 0 ;;
-    *) args+=("$arg") ;;
-  esac
-done
-set -- "${args[@]+"${args[@]}"}"
+launch_take_common_flags "$@"
+set -- "${LAUNCH_ARGS[@]+"${LAUNCH_ARGS[@]}"}"
 while [[ $# -gt 0 && "$1" == --* ]]; do
   case "$1" in
     --tpu=*) tpu="${1#*=}" ;;
