@@ -108,9 +108,3 @@ def restore(
         step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
     )
     return restored[STATE], step
-
-
-def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
-    """Returns the config saved beside the checkpoint at `step`, as a dict."""
-    restored = manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
-    return restored[CONFIG]

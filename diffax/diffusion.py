@@ -62,6 +62,9 @@ def _process_arrays(betas: np.ndarray) -> dict[str, np.ndarray]:
         sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod - 1.0),
         posterior_variance=posterior_variance,
         posterior_log_variance_clipped=posterior_log_variance_clipped,
+        log_betas=np.log(betas),
+        # fixed_large: beta_t, with the t=0 entry set like the posterior's for a finite decoder.
+        fixed_large_log_variance=np.log(np.append(first, betas[1:])),
         posterior_mean_coef1=betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
         posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
     )
@@ -82,6 +85,8 @@ class GaussianDiffusion:
     sqrt_recipm1_alphas_cumprod: jax.Array  # [T]
     posterior_variance: jax.Array  # [T]
     posterior_log_variance_clipped: jax.Array  # [T], t=0 entry replaced by the t=1 entry
+    log_betas: jax.Array  # [T], the learned_range upper bound
+    fixed_large_log_variance: jax.Array  # [T], log beta_t with the t=0 entry as above
     posterior_mean_coef1: jax.Array  # [T]
     posterior_mean_coef2: jax.Array  # [T]
     timestep_map: jax.Array  # [T] int32, original-process timestep the model is called with
@@ -264,13 +269,11 @@ def p_mean_variance(
     elif d.var_type == "learned_range":
         # Nichol & Dhariwal eq. 15: interpolate between beta_t and the posterior variance.
         min_log = extract(d.posterior_log_variance_clipped, t, ndim)
-        max_log = extract(jnp.log(d.betas), t, ndim)
+        max_log = extract(d.log_betas, t, ndim)
         frac = (var_output + 1.0) / 2.0
         log_variance = frac * max_log + (1.0 - frac) * min_log
     elif d.var_type == "fixed_large":
-        # beta_t, with the t=0 entry set to posterior_variance[1] for a finite decoder log-variance.
-        large = d.betas.at[0].set(d.posterior_variance[1] if d.num_timesteps > 1 else d.betas[0])
-        log_variance = extract(jnp.log(large), t, ndim)
+        log_variance = extract(d.fixed_large_log_variance, t, ndim)
     else:  # fixed_small
         log_variance = extract(d.posterior_log_variance_clipped, t, ndim)
     log_variance = jnp.broadcast_to(log_variance, x_t.shape)

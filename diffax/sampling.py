@@ -26,6 +26,17 @@ def _model_output(d: GaussianDiffusion, model_fn: ModelFn, x_t: jax.Array, t: ja
     return model_fn(x_t, d.timestep_map[t])
 
 
+def _nonzero_mask(t: jax.Array, x: jax.Array) -> jax.Array:
+    """Returns 1 where t != 0 and 0 at the last step, shaped [B, 1, ..., 1] against x."""
+    return (t != 0).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _pred_x0_and_eps(d, model_fn, x_t, t, clip_denoised):
+    """Returns (pred_x0, eps) with eps re-derived from the (possibly clipped) pred_x0."""
+    out = p_mean_variance(d, _model_output(d, model_fn, x_t, t), x_t, t, clip_denoised)
+    return out["pred_x0"], predict_eps_from_x0(d, x_t, t, out["pred_x0"])
+
+
 def p_sample(
     d: GaussianDiffusion,
     model_fn: ModelFn,
@@ -37,7 +48,7 @@ def p_sample(
     """Returns {"sample": x_{t-1}, "pred_x0"} of one ancestral step; t [B]; no noise at t == 0."""
     out = p_mean_variance(d, _model_output(d, model_fn, x_t, t), x_t, t, clip_denoised)
     # The last step (t = 0) returns the mean: Ho et al. 2020, Algorithm 2, line 4 (z = 0 if t = 1).
-    nonzero = (t != 0).astype(x_t.dtype).reshape((-1,) + (1,) * (x_t.ndim - 1))  # [B, 1, 1, 1]
+    nonzero = _nonzero_mask(t, x_t)  # [B, 1, 1, 1]
     sample = out["mean"] + nonzero * jnp.exp(0.5 * out["log_variance"]) * noise  # [B, H, W, C]
     return {"sample": sample, "pred_x0": out["pred_x0"]}
 
@@ -61,15 +72,13 @@ def ddim_step(
     clip_denoised: bool = True,
 ) -> dict[str, jax.Array]:
     """Returns {"sample": x_{t-1}, "pred_x0"} of one DDIM step (Song et al. 2021 eq. 12); t [B]."""
-    out = p_mean_variance(d, _model_output(d, model_fn, x_t, t), x_t, t, clip_denoised)
-    pred_x0 = out["pred_x0"]  # [B, H, W, C]
-    # Re-derive eps from the (possibly clipped) pred_x0 so that x_{t-1} stays consistent with it.
-    eps = predict_eps_from_x0(d, x_t, t, pred_x0)  # [B, H, W, C]
+    # eps comes from the (possibly clipped) pred_x0 so that x_{t-1} stays consistent with it.
+    pred_x0, eps = _pred_x0_and_eps(d, model_fn, x_t, t, clip_denoised)  # [B, H, W, C] each
     abar_prev = extract(d.alphas_cumprod_prev, t, x_t.ndim)
     sigma = ddim_sigma(d, t, eta, x_t)
     direction = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma**2, 0.0)) * eps
     mean = jnp.sqrt(abar_prev) * pred_x0 + direction
-    nonzero = (t != 0).astype(x_t.dtype).reshape((-1,) + (1,) * (x_t.ndim - 1))  # [B, 1, 1, 1]
+    nonzero = _nonzero_mask(t, x_t)  # [B, 1, 1, 1]
     return {"sample": mean + nonzero * sigma * noise, "pred_x0": pred_x0}
 
 
@@ -81,9 +90,7 @@ def ddim_reverse_step(
     clip_denoised: bool = True,
 ) -> dict[str, jax.Array]:
     """Returns {"sample": x_{t+1}, "pred_x0"} of one deterministic (eta = 0) DDIM encoding step."""
-    out = p_mean_variance(d, _model_output(d, model_fn, x_t, t), x_t, t, clip_denoised)
-    pred_x0 = out["pred_x0"]  # [B, H, W, C]
-    eps = predict_eps_from_x0(d, x_t, t, pred_x0)  # [B, H, W, C]
+    pred_x0, eps = _pred_x0_and_eps(d, model_fn, x_t, t, clip_denoised)  # [B, H, W, C] each
     abar_next = extract(d.alphas_cumprod_next, t, x_t.ndim)
     sample = jnp.sqrt(abar_next) * pred_x0 + jnp.sqrt(1.0 - abar_next) * eps
     return {"sample": sample, "pred_x0": pred_x0}

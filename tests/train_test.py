@@ -29,6 +29,21 @@ def _tiny(data_dir, **training):
     return config
 
 
+def _run_steps(trainer, config, num_steps, state=None):
+    """Trains on the fixed batches 0..num_steps-1; returns (host params, last loss)."""
+    state = trainer.init() if state is None else state
+    for i in range(num_steps):
+        batch = sharding.global_batch(_batch(config, i), trainer.mesh)
+        state, metrics = trainer.train_step(state, batch)
+    return jax.device_get(state.params), float(metrics["loss"])
+
+
+def _assert_same_training(a, b):
+    """Two (params, loss) results agree to float32 reduction-order tolerance."""
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
+    chex.assert_trees_all_close(a[0], b[0], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("make", "out_channels", "min_params", "max_params"),
     [
@@ -106,14 +121,8 @@ def test_eight_device_step_matches_one_device_step():
     for devices in (jax.devices()[:1], jax.devices()):
         trainer = train.Trainer(config, devices)
         assert trainer.mesh.size == len(devices)
-        state = trainer.init()
-        for i in range(2):
-            batch = sharding.global_batch(_batch(config, i), trainer.mesh)
-            state, metrics = trainer.train_step(state, batch)
-        results.append((jax.device_get(state.params), float(metrics["loss"])))
-    (params_1, loss_1), (params_8, loss_8) = results
-    np.testing.assert_allclose(loss_1, loss_8, rtol=1e-5)
-    chex.assert_trees_all_close(params_1, params_8, atol=1e-5, rtol=1e-4)
+        results.append(_run_steps(trainer, config, 2))
+    _assert_same_training(*results)
 
 
 def test_fsdp_sharded_parameters_train_like_replicated_ones():
@@ -129,13 +138,8 @@ def test_fsdp_sharded_parameters_train_like_replicated_ones():
             assert any(sharding.FSDP in spec for spec in specs)
             kernel = state.opt_state[1][0].mu["out_conv"]["kernel"]
             assert sharding.FSDP in kernel.sharding.spec or kernel.size < 2**14
-        for i in range(2):
-            state, metrics = trainer.train_step(
-                state, sharding.global_batch(_batch(config, i), trainer.mesh)
-            )
-        results.append(jax.device_get((state.params, float(metrics["loss"]))))
-    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
-    chex.assert_trees_all_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
+        results.append(_run_steps(trainer, config, 2, state))
+    _assert_same_training(*results)
 
 
 def test_non_finite_batches_are_skipped_and_training_stops_after_the_limit(
@@ -182,13 +186,8 @@ def test_gradient_accumulation_matches_the_full_batch():
     outs = []
     for accum in (1, 2):
         config.training.grad_accum_steps = accum
-        trainer = train.Trainer(config)
-        state, metrics = trainer.train_step(
-            trainer.init(), sharding.global_batch(_batch(config), trainer.mesh)
-        )
-        outs.append((jax.device_get(state.params), float(metrics["loss"])))
-    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5)
-    chex.assert_trees_all_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
+        outs.append(_run_steps(train.Trainer(config), config, 1))
+    _assert_same_training(*outs)
 
 
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_dir, tmp_path):
