@@ -23,6 +23,8 @@ setuptools.setup(
         "importlib_resources>=6.0",  # TFDS needs it to prepare data sets from builder code.
         "tensorboard>=2.18",  # Event files for tf.summary.
         "scikit-learn>=1.4",
+        "etils[epath]>=1.5",  # Paths for orbax and TFDS (imported directly by diffax).
+        "tqdm>=4.60",  # The progress bar on a terminal.
     ],
     extras_require={
         "test": [

@@ -1,73 +1,80 @@
-"""Every diffax config field with its default; experiment configs import this and override."""
+"""Every diffax config field with a neutral default; experiment configs import this and override.
+
+The defaults are improved-diffusion's (Nichol & Dhariwal 2021; the `model_and_diffusion_defaults`
+and training defaults of openai/improved-diffusion): a 64x64 U-Net with ch 128, two residual blocks
+per level, attention at 16 and 8 with 4 heads and scale-shift norm; T=1000 linear betas, eps
+prediction with the fixed (large) variance and the simple loss; Adam at 1e-4 with EMA 0.9999.
+`data.dataset` has no default: every experiment names its data.
+"""
 
 import ml_collections
 
 
-def _unset_path():
-    """An unset path that --config.a.b=... can still set (a plain None field cannot be)."""
-    return ml_collections.config_dict.placeholder(str)
+def _unset(kind=str):
+    """An unset field that --config.a.b=... can still set (a plain None field cannot be)."""
+    return ml_collections.config_dict.placeholder(kind)
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Returns the default config: a small class-conditional model on the embedded digits."""
+    """Returns the default config (not runnable alone: data.dataset is unset)."""
     config = ml_collections.ConfigDict()
     config.seed = 0  # Seeds parameter init, the data order and the training RNG.
 
     config.data = data = ml_collections.ConfigDict()
-    # A TFDS name (cifar10, imagenet_resized/64x64, ...), "digits" or "image_folder".
-    data.dataset = "digits"
-    data.data_dir = _unset_path()  # TFDS data_dir; unset uses ~/tensorflow_datasets.
-    data.folder = _unset_path()  # image_folder: one subfolder per class, or flat.
-    data.image_size = 8  # Images are square; a TFDS dataset of another size is resized.
+    data.dataset = _unset()  # A TFDS name (cifar10, imagenet_resized/64x64), "digits", "image_folder".
+    data.data_dir = _unset()  # TFDS data_dir; unset uses ~/tensorflow_datasets.
+    data.folder = _unset()  # image_folder: one subfolder per class, or flat.
+    data.image_size = 64  # Images are square; a dataset of another size is resized.
     data.resize_images = True  # image_folder: crop and resize other sizes (False: refuse).
-    data.num_channels = 1  # 1 for grayscale, 3 for RGB.
-    data.num_levels = 17  # Intensity levels: 256 for 8-bit images, 17 for the digits.
-    data.num_classes = 10  # Classes of the labels; 0 for an unlabelled dataset.
+    data.num_channels = 3  # 1 for grayscale, 3 for RGB.
+    data.num_levels = 256  # Intensity levels: 256 for 8-bit images.
+    data.num_classes = 0  # Classes of the labels; 0 for an unlabelled dataset.
     data.train_split = "train"  # TFDS split to train on.
     data.eval_split = "test"  # TFDS split to report bits/dim on.
-    data.random_flip = False  # Random horizontal flips (not for digits: a flipped 2 is no 2).
+    data.random_flip = False  # Random horizontal flips.
     data.shuffle_buffer = 10_000  # tf.data shuffle buffer, in examples.
     data.skip_bad_images = False  # image_folder: skip (and count) undecodable files.
 
     config.model = model = ml_collections.ConfigDict()
-    model.ch = 64  # Base channel count of the U-Net (a multiple of 32 for GroupNorm).
-    model.channel_mult = (1, 2)  # Channel multiplier per level; each level halves H and W.
+    model.name = "unet"  # The backbone, a key of diffax.build.MODELS.
+    model.ch = 128  # Base channel count of the U-Net (a multiple of 32 for GroupNorm).
+    model.channel_mult = (1, 2, 3, 4)  # Channel multiplier per level; each level halves H and W.
     model.num_res_blocks = 2  # Residual blocks per resolution.
-    model.attention_resolutions = (4,)  # Resolutions (in pixels) with self-attention.
+    model.attention_resolutions = (16, 8)  # Resolutions (in pixels) with self-attention.
     model.num_heads = 4  # Attention heads, when num_head_channels is -1.
     model.num_head_channels = -1  # Channels per head; overrides num_heads when positive.
-    model.dropout = 0.1  # Dropout in the residual blocks.
+    model.dropout = 0.0  # Dropout in the residual blocks.
     model.resblock_updown = False  # BigGAN-style residual blocks for down/upsampling.
     model.use_scale_shift_norm = True  # Adaptive group norm from the embedding (ADM).
-    model.class_cond = True  # Conditions on data labels (needs data.num_classes > 0).
+    model.class_cond = False  # Conditions on data labels (needs data.num_classes > 0).
     model.dtype = "float32"  # Compute dtype: "bfloat16" on accelerators; params stay float32.
     model.remat = False  # Activation checkpointing of the residual and attention blocks.
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
-    diffusion.schedule = "cosine"  # Beta schedule: "linear" or "cosine".
+    diffusion.schedule = "linear"  # Beta schedule: "linear" or "cosine".
     diffusion.num_timesteps = 1000  # T of the training process.
     diffusion.mean_type = "eps"  # What the model predicts: "eps", "x0" or "v".
     # "fixed_small", "fixed_large", "learned" or "learned_range".
-    diffusion.var_type = "learned_range"
+    diffusion.var_type = "fixed_large"
     # "mse" (alias "simple"), "rescaled_mse" ("hybrid"), "kl", "rescaled_kl" ("vlb").
-    diffusion.loss_type = "hybrid"
+    diffusion.loss_type = "mse"
     diffusion.timestep_sampler = "uniform"  # "uniform" or "loss_second_moment".
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # Global batch, split over every device of every process.
-    training.num_steps = 3000  # Optimizer steps in total.
-    training.learning_rate = 1e-3  # Peak AdamW learning rate.
-    training.warmup_steps = 200  # Linear warmup steps to the peak rate.
+    training.num_steps = 500_000  # Optimizer steps in total.
+    training.learning_rate = 1e-4  # Peak AdamW learning rate.
+    training.warmup_steps = 0  # Linear warmup steps to the peak rate.
     training.weight_decay = 0.0  # AdamW decoupled weight decay.
     training.adam_b1 = 0.9  # Adam first-moment decay.
     training.adam_b2 = 0.999  # Adam second-moment decay.
-    training.grad_clip = 1.0  # Global gradient norm clip; 0 disables.
-    training.ema_rates = (0.999,)  # EMA decay rates; eval uses the first.
-    training.label_dropout = 0.1  # Chance a label becomes the null class (guidance).
+    training.grad_clip = 0.0  # Global gradient norm clip; 0 disables.
+    training.ema_rates = (0.9999,)  # EMA decay rates; eval uses the first.
+    training.label_dropout = 0.0  # Chance a label becomes the null class (guidance).
     training.grad_accum_steps = 1  # Micro-batches per optimizer step.
     training.log_every = 100  # Steps between logged metrics (and the non-finite check).
-    training.sample_every = 1000  # Steps between written sample grids; 0 disables.
-    training.checkpoint_every = 500  # Steps between checkpoints.
+    training.sample_every = 10_000  # Steps between written sample grids; 0 disables.
+    training.checkpoint_every = 5000  # Steps between checkpoints.
     training.keep_checkpoints = 3  # Checkpoints kept on disk.
     training.max_consecutive_skips = 10  # Non-finite updates in a row before training stops.
 
@@ -79,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
     ev.batch_size = 256  # Global batch for bits/dim and sampling.
     ev.num_bpd_examples = -1  # Test examples for bits/dim; -1 takes the whole split.
     ev.conditional_bpd = False  # Also report p(x|y) bits/dim of a class-conditional model.
-    ev.num_samples = 100  # Samples to generate.
+    ev.num_samples = 1000  # Samples to generate.
     ev.sampler = "ddpm"  # "ddpm" or "ddim".
     ev.sample_steps = 0  # Respaced steps for sampling; 0 uses every step of the process.
     ev.ddim_eta = 0.0  # DDIM eta: 0 is deterministic, 1 matches DDPM's variance.
@@ -87,8 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
     ev.clip_denoised = True  # Clip predicted x0 to [-1, 1] while sampling.
     ev.use_ema = True  # Evaluate the EMA parameters (the first rate).
     ev.quality_metrics = True  # Digits: Fréchet distance + class accuracy; else FID/IS/PR.
-    ev.classifier_path = _unset_path()  # Digits classifier; unset: trained into the workdir.
-    ev.inception_weights = _unset_path()  # FID Inception .npz; unset skips FID/IS/PR.
-    ev.reference_stats = _unset_path()  # FID reference .npz; unset: eval_split, cached.
+    ev.classifier_path = _unset()  # Digits classifier; unset: trained into the workdir.
+    ev.inception_weights = _unset()  # FID Inception .npz; unset skips FID/IS/PR.
+    ev.reference_stats = _unset()  # FID reference .npz; unset: eval_split, cached.
     ev.num_reference_examples = -1  # Eval-split examples for FID statistics; -1 takes all.
     return config

@@ -30,21 +30,17 @@ def get_config():
     config.diffusion.var_type = "learned_range"
     config.diffusion.loss_type = "hybrid"
 
-    config.training.batch_size = 128
     config.training.num_steps = 2000
     config.training.learning_rate = 1e-3
     config.training.warmup_steps = 200
+    config.training.grad_clip = 1.0
     config.training.ema_rates = (0.999,)
     config.training.label_dropout = 0.1
-    config.training.log_every = 100
     config.training.sample_every = 1000
     config.training.checkpoint_every = 500
 
     config.eval.batch_size = 360  # The whole digits test split in one batch.
     config.eval.num_samples = 400  # Enough for a stable Fréchet distance; the grid shows 100.
-    config.eval.sampler = "ddpm"
-    config.eval.sample_steps = (
-        100  # Learned variances sample well respaced (Nichol & Dhariwal, sec. 4).
-    )
+    config.eval.sample_steps = 100  # Learned variances sample well respaced (N&D 2021, sec. 4).
     config.eval.guidance_scale = 1.0
     return config

@@ -16,19 +16,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Re-exported: the bound's building blocks live in likelihood.py.
-from diffax.likelihood import approx_standard_normal_cdf as approx_standard_normal_cdf
-from diffax.likelihood import (
-    discretized_gaussian_log_likelihood as discretized_gaussian_log_likelihood,
-)
-from diffax.likelihood import mean_flat as mean_flat
-from diffax.likelihood import normal_kl as normal_kl
+from diffax.distributions import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 
 MEAN_TYPES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
+LEARNED_VAR_TYPES = ("learned", "learned_range")  # The model outputs 2C channels.
 LOSS_TYPES = ("mse", "rescaled_mse", "kl", "rescaled_kl")
 LOSS_ALIASES = {"simple": "mse", "hybrid": "rescaled_mse", "vlb": "rescaled_kl"}
 
+# The one signature every diffusion function calls a network with: (x_t [B, H, W, C], timesteps [B])
+# -> [B, H, W, C or 2C]; conditioning (labels, context) is closed over (diffax.models.model_fn).
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -137,7 +134,7 @@ class GaussianDiffusion:
     @property
     def learn_sigma(self) -> bool:
         """Returns whether the model outputs 2C channels (mean part, then variance part)."""
-        return self.var_type in ("learned", "learned_range")
+        return self.var_type in LEARNED_VAR_TYPES
 
     def respace(self, use_timesteps: Iterable[int]) -> GaussianDiffusion:
         """Returns the process restricted to the kept steps (indices into this process).
@@ -300,7 +297,7 @@ def vb_terms_bpd(
     clip_denoised: bool = False,
     num_levels: int = 256,
 ) -> dict[str, jax.Array]:
-    """Returns {"output": [B] bound term at t in bits/dim, "pred_x0"}.
+    """Returns {"vb": [B] bound term at t in bits/dim, "pred_x0"}.
 
     The term is the discretized decoder NLL where t == 0 and KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t))
     elsewhere, averaged over dimensions.
@@ -313,8 +310,8 @@ def vb_terms_bpd(
             x0, out["mean"], 0.5 * out["log_variance"], num_levels=num_levels
         )
     )
-    output = jnp.where(t == 0, decoder_nll, kl) / math.log(2.0)
-    return {"output": output, "pred_x0": out["pred_x0"]}
+    vb = jnp.where(t == 0, decoder_nll, kl) / math.log(2.0)
+    return {"vb": vb, "pred_x0": out["pred_x0"]}
 
 
 def prior_bpd(d: GaussianDiffusion, x0: jax.Array) -> jax.Array:
@@ -352,13 +349,13 @@ def training_losses(
     mse = mean_flat(jnp.square(_mse_target(d, x0, t, noise) - mean_output))
     if d.loss_type in ("kl", "rescaled_kl"):
         vb = vb_terms_bpd(d, model_output, x0, x_t, t, clip_denoised=False, num_levels=num_levels)
-        vb = vb["output"] * (d.num_timesteps if d.loss_type == "rescaled_kl" else 1.0)
+        vb = vb["vb"] * (d.num_timesteps if d.loss_type == "rescaled_kl" else 1.0)
         return {"loss": vb, "mse": mse, "vb": vb}
     if not d.learn_sigma:
         return {"loss": mse, "mse": mse, "vb": jnp.zeros_like(mse)}
     # Hybrid objective (Nichol & Dhariwal sec. 3.1): the bound trains only the variance.
     frozen = jnp.concatenate([jax.lax.stop_gradient(mean_output), var_output], axis=-1)
-    vb = vb_terms_bpd(d, frozen, x0, x_t, t, clip_denoised=False, num_levels=num_levels)["output"]
+    vb = vb_terms_bpd(d, frozen, x0, x_t, t, clip_denoised=False, num_levels=num_levels)["vb"]
     if d.loss_type == "rescaled_mse":
         vb = vb * (d.num_timesteps / 1000.0)
     return {"loss": mse + vb, "mse": mse, "vb": vb}
@@ -388,7 +385,7 @@ def calc_bpd(
         out = vb_terms_bpd(d, model_output, x0, x_t, t, clip_denoised, num_levels)
         eps = predict_eps_from_x0(d, x_t, t, out["pred_x0"])
         terms = (
-            out["output"],
+            out["vb"],
             mean_flat(jnp.square(out["pred_x0"] - x0)),
             mean_flat(jnp.square(eps - noise)),
         )

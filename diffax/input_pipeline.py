@@ -20,20 +20,22 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from diffax import images as images_lib
 from diffax.datasets import digits as digits_lib
 from diffax.datasets import image_folder as image_folder_lib
 
 
-def _hide_accelerators_from_tf() -> None:
-    """Keeps TF off GPUs/TPUs so it never takes accelerator memory that JAX needs."""
+def hide_accelerators_from_tf() -> None:
+    """Keeps TF off GPUs/TPUs so it never takes accelerator memory that JAX needs.
+
+    Called where tf.data is set up (not at import: importing diffax changes no global state).
+    """
     for kind in ("GPU", "TPU"):
         try:
             tf.config.set_visible_devices([], kind)
         except (RuntimeError, ValueError):  # Devices already initialized, or no such kind.
             pass
 
-
-_hide_accelerators_from_tf()
 
 # ITU-R BT.601 luma weights, the same as PIL's convert("L"), so every source grays alike.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -132,6 +134,7 @@ def _not_prepared_message(builder: tfds.core.DatasetBuilder, name: str, data_dir
 
 def _open_source(data_config: ml_collections.ConfigDict) -> _TfdsSource | _FolderSource:
     """Returns the dataset of data_config; ValueError at once if it is unknown or not prepared."""
+    hide_accelerators_from_tf()
     name = data_config.dataset
     if name == "image_folder":
         return _FolderSource(data_config)
@@ -148,13 +151,13 @@ def _open_source(data_config: ml_collections.ConfigDict) -> _TfdsSource | _Folde
     return _TfdsSource(builder)
 
 
-def _check_config(data_config: ml_collections.ConfigDict, source: Any) -> None:
-    if data_config.num_channels not in (1, 3):
-        raise ValueError(f"data.num_channels must be 1 or 3, got {data_config.num_channels}.")
-    if data_config.image_size < 1 or data_config.num_levels < 2:
-        raise ValueError("data.image_size must be >= 1 and data.num_levels >= 2.")
+def _check_source(data_config: ml_collections.ConfigDict, source: Any) -> None:
+    """Raises ValueError when the data set cannot give what the (validated) config asks for."""
     if data_config.dataset == "digits" and data_config.num_levels != digits_lib.NUM_LEVELS:
-        raise ValueError(f"digits has {digits_lib.NUM_LEVELS} levels; set data.num_levels=17.")
+        raise ValueError(
+            f"data.num_levels={data_config.num_levels}: the digits have "
+            f"{digits_lib.NUM_LEVELS} levels; set data.num_levels={digits_lib.NUM_LEVELS}."
+        )
     if source.channels not in (1, 2, 3, 4):
         raise ValueError(f"Cannot convert images with {source.channels} channels to 1 or 3.")
     if data_config.num_classes > 0 and (source.num_classes or 0) > data_config.num_classes:
@@ -251,9 +254,9 @@ def _to_levels(
     return {"image": image, "label": example["label"]}
 
 
-def _to_unit_range(images: tf.Tensor, num_levels: int) -> tf.Tensor:
-    """Returns float32 levels v mapped to v / (num_levels - 1) * 2 - 1, in [-1, 1]."""
-    return tf.cast(images, tf.float32) / float(num_levels - 1) * 2.0 - 1.0
+def _to_unit_range(levels: tf.Tensor, num_levels: int) -> tf.Tensor:
+    """Returns integer levels as float32 in [-1, 1] (diffax.images.from_levels)."""
+    return images_lib.from_levels(tf.cast(levels, tf.float32), num_levels)
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -288,7 +291,7 @@ def create_train_iterator(
     """
     process_index, process_count = _process(process_index, process_count)
     source = _open_source(data_config)
-    _check_config(data_config, source)
+    _check_source(data_config, source)
     ranges = _process_ranges(
         data_config.train_split, source.split_infos, process_index, process_count
     )
@@ -299,26 +302,42 @@ def create_train_iterator(
     file_seed, shuffle_seed, flip_seed = (
         int(s) for s in np.random.SeedSequence([seed, process_index]).generate_state(3) >> 1
     )
-    ds = source.read(ranges, shuffle_files=True, seed=file_seed)
-    ds = ds.map(
+    base = source.read(ranges, shuffle_files=True, seed=file_seed)
+    base = base.map(
         functools.partial(_to_levels, channels=source.channels, data_config=data_config),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    ds = ds.shuffle(data_config.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.repeat()
-    if data_config.random_flip:
+    epoch_size = int(base.cardinality())
+    if epoch_size < 0:  # Unknown to tf.data: the ranges hold exactly the examples read.
+        epoch_size = _count(ranges)
+    flip = data_config.random_flip
 
-        def flip(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def epoch(index: tf.Tensor) -> tf.data.Dataset:
+        # Epoch e's order depends on (seed, process, e) alone, so a resumed run can start at
+        # epoch e without replaying the ones before it.
+        ds = base.shuffle(
+            data_config.shuffle_buffer,
+            seed=tf.constant(shuffle_seed, tf.int64) + index,
+            reshuffle_each_iteration=False,
+        )
+        if not flip:
+            return ds
+
+        def flip_example(position: tf.Tensor, example: dict) -> dict:
             # A stateless flip keyed by (seed, position in the stream) is reproducible.
-            key = tf.stack([tf.constant(flip_seed, tf.int64), index])
+            key = tf.stack([tf.constant(flip_seed, tf.int64), index * epoch_size + position])
             image = tf.image.stateless_random_flip_left_right(example["image"], seed=key)
             return {"image": image, "label": example["label"]}
 
-        ds = ds.enumerate().map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-    if start_batch:
-        # Skip examples, not batches: tf.data's default rewrites reorder a skip placed after
-        # batch(shuffle(...).repeat()) (seen with TF 2.21), which would break exact resume.
-        ds = ds.skip(start_batch * batch_size)
+        return ds.enumerate().map(flip_example)
+
+    # Resuming after start_batch batches reads at most one epoch: skip whole epochs by index,
+    # then the consumed examples of the current one. (Skip examples, not batches: tf.data's
+    # default rewrites reorder a skip placed after a batch, seen with TF 2.21.)
+    first_epoch, offset = divmod(start_batch * batch_size, epoch_size)
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+    if offset:
+        ds = ds.skip(offset)
     ds = ds.batch(batch_size, drop_remainder=True)
     num_levels = data_config.num_levels
     ds = ds.map(
@@ -348,7 +367,7 @@ def create_eval_iterator(
     """
     process_index, process_count = _process(process_index, process_count)
     source = _open_source(data_config)
-    _check_config(data_config, source)
+    _check_source(data_config, source)
     split = split or data_config.eval_split
     shares = [
         _process_ranges(split, source.split_infos, p, process_count, num_examples)
@@ -382,3 +401,17 @@ def create_eval_iterator(
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
     ds = ds.take(num_batches * batch_size).batch(batch_size, drop_remainder=True)
     return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
+
+
+def eval_split_images(
+    data_config: ml_collections.ConfigDict, num_examples: int = -1, batch_size: int = 256
+) -> np.ndarray:
+    """Returns float32 [n, H, W, C] in [-1, 1]: the first num_examples (-1: all) of eval_split.
+
+    Every process reads the whole split (padding rows dropped), so each gets the same images.
+    """
+    iterator = create_eval_iterator(
+        data_config, batch_size, num_examples=num_examples, process_index=0, process_count=1
+    )
+    batches = [batch["image"][batch["mask"] > 0] for batch in iterator]  # [b, H, W, C] each
+    return np.concatenate(batches)

@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from diffax import distributed, preemption, train
+    from diffax import distributed, evaluate, preemption, train
 
     distributed.initialize(
         FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
@@ -44,9 +44,9 @@ def main(argv):
         if FLAGS.mode == "train":
             train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
         elif FLAGS.mode == "eval":
-            train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+            evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
         else:
-            train.sample_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.num_samples)
+            evaluate.sample_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.num_samples)
     except preemption.Preempted as e:
         logging.warning("%s", e)
         sys.exit(preemption.PREEMPTED_EXIT_CODE)

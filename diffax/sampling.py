@@ -13,12 +13,11 @@ import jax.numpy as jnp
 
 from diffax.diffusion import (
     GaussianDiffusion,
+    ModelFn,
     extract,
     p_mean_variance,
     predict_eps_from_x0,
 )
-
-ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def _model_output(d: GaussianDiffusion, model_fn: ModelFn, x_t: jax.Array, t: jax.Array):

@@ -14,18 +14,26 @@ FSDP = "fsdp"  # Mesh axis over which parameters (and the batch) are split.
 BATCH_AXES = (DATA, FSDP)  # The batch is split over every device.
 
 
+def check_mesh(data: int, fsdp: int, num_devices: int) -> int:
+    """Returns the data axis size for (mesh.data, mesh.fsdp) on num_devices; ValueError if none."""
+    if fsdp < 1 or num_devices % fsdp:
+        raise ValueError(
+            f"mesh.fsdp={fsdp} must be a positive divisor of the {num_devices} devices."
+        )
+    if data == -1:
+        return num_devices // fsdp
+    if data < 1 or data * fsdp != num_devices:
+        raise ValueError(
+            f"mesh.data={data} x mesh.fsdp={fsdp} must equal the {num_devices} devices; use "
+            "mesh.data=-1 to take the rest."
+        )
+    return data
+
+
 def create_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
     """Returns a (data, fsdp) mesh over all devices of all processes; data=-1 takes the rest."""
     devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
-    if fsdp < 1 or n % fsdp:
-        raise ValueError(f"mesh.fsdp={fsdp} must be a positive divisor of the {n} devices.")
-    if data == -1:
-        data = n // fsdp
-    if data * fsdp != n:
-        raise ValueError(
-            f"mesh.data={data} x mesh.fsdp={fsdp} must equal the {n} devices (use mesh.data=-1)."
-        )
+    data = check_mesh(data, fsdp, len(devices))
     # make_mesh orders devices for the physical topology (TPU ICI, GPU NVLink islands); Auto axes
     # keep the classic jit sharding semantics (make_mesh defaults to Explicit axes in new JAX).
     auto = jax.sharding.AxisType.Auto
@@ -83,3 +91,12 @@ def per_process_batch_size(global_batch_size: int, field: str = "training.batch_
             f"(e.g. {max(n, global_batch_size - global_batch_size % n)})."
         )
     return global_batch_size // jax.process_count()
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """Fetches a global (possibly multi-process) array to host memory on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))

@@ -9,6 +9,9 @@ import flax.struct as struct
 import jax
 import jax.numpy as jnp
 
+# config.diffusion.timestep_sampler values: how training draws t.
+TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
+
 
 class LossSecondMomentState(struct.PyTreeNode):
     """The last K losses seen at every timestep; a pytree of arrays, so it can be checkpointed."""

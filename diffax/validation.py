@@ -1,14 +1,16 @@
-"""Config validation before anything compiles: one clear sentence per mistake."""
+"""Config validation before anything compiles: one clear sentence per mistake.
+
+The accepted values come from the modules that use them (diffusion.MEAN_TYPES, schedules.
+BETA_SCHEDULES, unet.reachable_resolutions, layers.attention_heads, sharding.check_mesh, ...), so
+a new option is accepted here as soon as its module offers it.
+"""
 
 import jax
 import ml_collections
 
-SCHEDULES = ("linear", "cosine")
-MEAN_TYPES = ("eps", "x0", "v")
-VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
-LOSS_TYPES = ("mse", "simple", "rescaled_mse", "hybrid", "kl", "rescaled_kl", "vlb")
-TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
-SAMPLERS = ("ddpm", "ddim")
+from diffax import build, diffusion, generate, schedules, sharding, timestep_sampler
+from diffax.models import layers, unet
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -47,23 +49,32 @@ def _int_tuple(value, field: str, allow_empty: bool) -> tuple:
     return tuple(value)
 
 
-def _validate_model(config: ml_collections.ConfigDict) -> None:
+def _validate_unet(config: ml_collections.ConfigDict) -> None:
     m, data = config.model, config.data
-    _positive_int(data.image_size, "data.image_size")
     _positive_int(m.ch, "model.ch")
     _positive_int(m.num_res_blocks, "model.num_res_blocks")
-    mult = _int_tuple(m.channel_mult, "model.channel_mult", allow_empty=False)
+    mult = m.channel_mult
+    ok = isinstance(mult, (tuple, list)) and len(mult) > 0
+    ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in mult)
+    if not ok or not all(c > 0 and float(m.ch * c).is_integer() for c in mult):
+        raise ConfigError(
+            f"model.channel_mult={mult!r} must be a tuple of positive multipliers giving whole "
+            f"channel counts with model.ch={m.ch}."
+        )
+    mult = tuple(mult)
+    widths = sorted({int(m.ch * c) for c in mult})
     _int_tuple(m.attention_resolutions, "model.attention_resolutions", allow_empty=True)
     _positive_int(m.num_heads, "model.num_heads")
     if not isinstance(m.num_head_channels, int) or m.num_head_channels == 0:
         raise ConfigError(
             f"model.num_head_channels={m.num_head_channels!r} must be a positive integer or -1."
         )
-    bad_widths = sorted({m.ch * c for c in mult if (m.ch * c) % 32})
+    bad_widths = [w for w in widths if w % layers.NUM_GROUPS]
     if bad_widths:
         raise ConfigError(
             f"model.ch={m.ch} with model.channel_mult={mult!r} gives widths {bad_widths} that "
-            "GroupNorm's 32 groups cannot split; use multiples of 32."
+            f"GroupNorm's {layers.NUM_GROUPS} groups cannot split; use multiples of "
+            f"{layers.NUM_GROUPS}."
         )
     factor = 2 ** (len(mult) - 1)
     if data.image_size % factor:
@@ -72,13 +83,29 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
             f"downsampling for model.channel_mult={mult!r} (use a size divisible by {factor} "
             "or fewer levels)."
         )
-    reachable = tuple(data.image_size // 2**i for i in range(len(mult)))
+    reachable = unet.reachable_resolutions(data.image_size, len(mult))
     for res in tuple(m.attention_resolutions):
         if res not in reachable:
             raise ConfigError(
                 f"model.attention_resolutions contains {res}, which the U-Net never reaches; "
                 f"its resolutions are {reachable}."
             )
+    for width in widths:
+        try:
+            layers.attention_heads(width, m.num_heads, m.num_head_channels)
+        except ValueError as e:
+            field = "model.num_head_channels" if m.num_head_channels > 0 else "model.num_heads"
+            raise ConfigError(
+                f"{field}: {e} (the level widths are {widths}); pick a value dividing each."
+            ) from None
+
+
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+    m, data = config.model, config.data
+    _choice(m.name, "model.name", tuple(build.MODELS))
+    _positive_int(data.image_size, "data.image_size")
+    if m.name == "unet":
+        _validate_unet(config)
     _choice(m.dtype, "model.dtype", DTYPES)
     _number(m.dropout, "model.dropout", 0.0, 1.0, high_open=True)
     _positive_int(data.num_classes, "data.num_classes", allow_zero=True)
@@ -88,25 +115,18 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"model.class_cond=True needs data.num_classes >= 1 (got {data.num_classes})."
         )
-    if m.num_head_channels > 0:
-        widths = {m.ch * c for c in mult}
-        bad = sorted(w for w in widths if w % m.num_head_channels)
-        if bad:
-            raise ConfigError(
-                f"model.num_head_channels={m.num_head_channels} must divide every level's "
-                f"channels {sorted(widths)} ({bad} are not multiples)."
-            )
 
 
 def _validate_diffusion(config: ml_collections.ConfigDict) -> None:
     d = config.diffusion
-    _choice(d.schedule, "diffusion.schedule", SCHEDULES)
+    _choice(d.schedule, "diffusion.schedule", schedules.BETA_SCHEDULES)
     _positive_int(d.num_timesteps, "diffusion.num_timesteps")
-    _choice(d.mean_type, "diffusion.mean_type", MEAN_TYPES)
-    _choice(d.var_type, "diffusion.var_type", VAR_TYPES)
-    _choice(d.loss_type, "diffusion.loss_type", LOSS_TYPES)
-    _choice(d.timestep_sampler, "diffusion.timestep_sampler", TIMESTEP_SAMPLERS)
-    if d.loss_type in ("hybrid", "rescaled_mse") and d.var_type.startswith("fixed"):
+    _choice(d.mean_type, "diffusion.mean_type", diffusion.MEAN_TYPES)
+    _choice(d.var_type, "diffusion.var_type", diffusion.VAR_TYPES)
+    _choice(d.loss_type, "diffusion.loss_type", (*diffusion.LOSS_TYPES, *diffusion.LOSS_ALIASES))
+    _choice(d.timestep_sampler, "diffusion.timestep_sampler", timestep_sampler.TIMESTEP_SAMPLERS)
+    loss_type = diffusion.LOSS_ALIASES.get(d.loss_type, d.loss_type)
+    if loss_type == "rescaled_mse" and d.var_type not in diffusion.LEARNED_VAR_TYPES:
         raise ConfigError(
             f"diffusion.loss_type={d.loss_type!r} with diffusion.var_type={d.var_type!r}: the "
             "hybrid loss's bound term trains only a learned variance; use var_type 'learned' or "
@@ -115,7 +135,7 @@ def _validate_diffusion(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_training(config: ml_collections.ConfigDict, device_count: int) -> None:
-    t = config.training
+    training = config.training
     for field in (
         "batch_size",
         "num_steps",
@@ -125,24 +145,26 @@ def _validate_training(config: ml_collections.ConfigDict, device_count: int) -> 
         "grad_accum_steps",
         "max_consecutive_skips",
     ):
-        _positive_int(t[field], f"training.{field}")
-    _positive_int(t.sample_every, "training.sample_every", allow_zero=True)
-    if t.batch_size % device_count:
+        _positive_int(training[field], f"training.{field}")
+    _positive_int(training.sample_every, "training.sample_every", allow_zero=True)
+    if training.batch_size % device_count:
         raise ConfigError(
-            f"training.batch_size={t.batch_size} must be divisible by the {device_count} devices."
+            f"training.batch_size={training.batch_size} must be divisible by the {device_count} "
+            "devices."
         )
-    if t.batch_size % (t.grad_accum_steps * device_count):
+    if training.batch_size % (training.grad_accum_steps * device_count):
         raise ConfigError(
-            f"training.batch_size={t.batch_size} must be divisible by training.grad_accum_steps="
-            f"{t.grad_accum_steps} times the {device_count} devices."
+            f"training.batch_size={training.batch_size} must be divisible by "
+            f"training.grad_accum_steps={training.grad_accum_steps} times the {device_count} "
+            "devices."
         )
-    _number(t.learning_rate, "training.learning_rate", 0.0, float("inf"))
-    if t.learning_rate == 0:
+    _number(training.learning_rate, "training.learning_rate", 0.0, float("inf"))
+    if training.learning_rate == 0:
         raise ConfigError("training.learning_rate=0 must be positive.")
-    _number(t.label_dropout, "training.label_dropout", 0.0, 1.0, high_open=True)
-    _number(t.grad_clip, "training.grad_clip", 0.0, float("inf"))
-    _positive_int(t.warmup_steps, "training.warmup_steps", allow_zero=True)
-    rates = t.ema_rates
+    _number(training.label_dropout, "training.label_dropout", 0.0, 1.0, high_open=True)
+    _number(training.grad_clip, "training.grad_clip", 0.0, float("inf"))
+    _positive_int(training.warmup_steps, "training.warmup_steps", allow_zero=True)
+    rates = training.ema_rates
     ok = isinstance(rates, (tuple, list)) and len(rates) > 0
     ok = ok and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rates)
     if not ok or not all(0.0 <= r < 1.0 for r in rates):
@@ -157,7 +179,7 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
             f"eval.batch_size={ev.batch_size} must be divisible by the {device_count} devices."
         )
     _positive_int(ev.num_samples, "eval.num_samples")
-    _choice(ev.sampler, "eval.sampler", SAMPLERS)
+    _choice(ev.sampler, "eval.sampler", generate.SAMPLERS)
     _positive_int(ev.sample_steps, "eval.sample_steps", allow_zero=True)
     if ev.sample_steps > d.num_timesteps:
         raise ConfigError(
@@ -165,8 +187,6 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
             f"{d.num_timesteps}; use at most {d.num_timesteps} (0 for every step)."
         )
     if ev.sampler == "ddim" and ev.sample_steps:
-        from diffax import schedules
-
         try:
             schedules.space_timesteps(d.num_timesteps, f"ddim{ev.sample_steps}")
         except ValueError as e:
@@ -183,26 +203,36 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
         )
 
 
+def _validate_data(config: ml_collections.ConfigDict) -> None:
+    data = config.data
+    if not data.dataset:
+        raise ConfigError(
+            "data.dataset is unset: give a prepared TFDS data set name (e.g. cifar10), "
+            "'digits' or 'image_folder'."
+        )
+    num_levels = data.num_levels
+    if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 2:
+        raise ConfigError(f"data.num_levels={data.num_levels!r} must be an integer >= 2.")
+    if data.num_channels not in (1, 3):
+        raise ConfigError(f"data.num_channels={data.num_channels!r} must be 1 or 3.")
+    if data.dataset == "image_folder" and not data.folder:
+        raise ConfigError("data.dataset='image_folder' needs data.folder, the folder to read.")
+
+
 def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Raises ConfigError with one sentence naming the field and what is accepted."""
     device_count = jax.device_count() if device_count is None else device_count
-    num_levels = config.data.num_levels
-    if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 2:
-        raise ConfigError(f"data.num_levels={config.data.num_levels!r} must be an integer >= 2.")
-    if config.data.num_channels not in (1, 3):
-        raise ConfigError(f"data.num_channels={config.data.num_channels!r} must be 1 or 3.")
+    _validate_data(config)
     _validate_model(config)
     _validate_diffusion(config)
     _validate_training(config, device_count)
     _validate_eval(config, device_count)
     mesh = config.mesh
-    _positive_int(mesh.fsdp, "mesh.fsdp")
-    if not isinstance(mesh.data, int) or isinstance(mesh.data, bool):
-        raise ConfigError(f"mesh.data={mesh.data!r} must be a positive integer or -1.")
-    if mesh.fsdp < 1 or device_count % mesh.fsdp:
-        raise ConfigError(f"mesh.fsdp={mesh.fsdp} must be a positive divisor of {device_count}.")
-    if mesh.data != -1 and mesh.data * mesh.fsdp != device_count:
-        raise ConfigError(
-            f"mesh.data={mesh.data} x mesh.fsdp={mesh.fsdp} must equal the {device_count} "
-            "devices; use mesh.data=-1 to take the rest."
-        )
+    for field in ("data", "fsdp"):
+        value = mesh[field]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"mesh.{field}={value!r} must be an integer.")
+    try:
+        sharding.check_mesh(mesh.data, mesh.fsdp, device_count)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -1,4 +1,4 @@
-"""Tests of diffax.flops against MACs counted by hand and against XLA's cost analysis."""
+"""Tests of diffax.tools.flops against MACs counted by hand and against XLA's cost analysis."""
 
 import flax.linen as nn
 import jax
@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import pytest
 
 from configs import tiny
-from diffax import flops, train
+from diffax import build
 from diffax.models import layers
+from diffax.tools import flops
 
 
 def abstract(*shape, dtype=jnp.float32):
@@ -71,7 +72,7 @@ def test_tiny_unet_forward_macs_match_hand_count():
     # configs/tiny.py: 8x8x1 input, ch 32, channel_mult (1, 1), one res block, attention at 4x4,
     # learned variance (2 output channels), class-conditional, time embedding 4 x 32 = 128.
     config = tiny.get_config()
-    model = train.create_model(config)
+    model = build.create_model(config)
     hi, lo = 64, 16  # positions at 8x8 and 4x4
     expected = (
         32 * 128
@@ -88,11 +89,11 @@ def test_tiny_unet_forward_macs_match_hand_count():
         + 2 * res_block_macs(hi, 64, 32)  # up level 0
         + hi * 9 * 32 * 2  # output conv
     )
-    counts = flops.forward_macs(model, train.image_shape(config), batch_size=3)
+    counts = flops.forward_macs(model, build.image_shape(config), batch_size=3)
     assert counts["total"] == 3 * expected
     assert counts["attention"] == 3 * 4 * 2 * lo**2 * 32
-    assert flops.forward_flops_per_image(model, train.image_shape(config)) == 2 * expected
-    assert flops.train_flops_per_image(model, train.image_shape(config)) == 6 * expected
+    assert flops.forward_flops_per_image(model, build.image_shape(config)) == 2 * expected
+    assert flops.train_flops_per_image(model, build.image_shape(config)) == 6 * expected
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,12 @@ import chex
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from configs import default
+from configs import digits as digits_configs
 from diffax import input_pipeline
 from diffax.datasets import digits
 
@@ -42,7 +43,7 @@ def _assert_on_grid(images: np.ndarray, num_levels: int) -> None:
 
 @pytest.fixture(scope="module")
 def digits_config(tmp_path_factory: pytest.TempPathFactory) -> ml_collections.ConfigDict:
-    config = default.get_config().data
+    config = digits_configs.get_config().data
     config.data_dir = str(tmp_path_factory.mktemp("tfds"))
     with pytest.MonkeyPatch.context() as monkeypatch:
         _forbid_network(monkeypatch)
@@ -105,6 +106,39 @@ def test_start_batch_resumes_the_exact_stream_across_an_epoch_boundary(digits_co
     for want, got in zip(straight[23:], resumed, strict=True):
         np.testing.assert_array_equal(want["image"], got["image"])
         np.testing.assert_array_equal(want["label"], got["label"])
+
+
+def test_resuming_reads_at_most_about_one_epoch(digits_config, monkeypatch):
+    """Resume cost is bounded: 1000 batches of 64 are 44 epochs, yet only one is re-read."""
+    read = []
+    real_read = input_pipeline._TfdsSource.read
+
+    def counting_read(self, *args, **kwargs):
+        def count(example):
+            tick = tf.py_function(lambda: read.append(1) or 0, [], tf.int32)
+            with tf.control_dependencies([tick]):
+                return {k: tf.identity(v) for k, v in example.items()}
+
+        return real_read(self, *args, **kwargs).map(count)
+
+    monkeypatch.setattr(input_pipeline._TfdsSource, "read", counting_read)
+    iterator = input_pipeline.create_train_iterator(digits_config, 64, seed=0, start_batch=1000)
+    next(iterator)
+    epoch = 1437
+    # The skipped part of the current epoch plus read-ahead (the shuffle buffer holds an epoch).
+    assert len(read) <= 2 * epoch + 64, len(read)
+    assert 1000 * 64 > 40 * epoch  # Replaying the stream would have read 64,000.
+
+
+def test_eval_split_images_are_the_test_digits_without_padding(digits_config):
+    images = input_pipeline.eval_split_images(
+        digits_config, batch_size=32
+    )  # 32 does not divide 360
+    expected, _ = _digits_split(digits_config, "test")
+    expected = expected.astype(np.float32) / 16 * 2 - 1
+    chex.assert_shape(images, expected.shape)
+    np.testing.assert_allclose(images, expected, atol=1e-6)  # In the split's order.
+    chex.assert_shape(input_pipeline.eval_split_images(digits_config, 50), (50, 8, 8, 1))
 
 
 def test_start_batch_resumes_the_flips_too(tmp_path):
@@ -175,7 +209,7 @@ def test_num_examples_counts_whole_and_sliced_splits(digits_config):
 
 def test_unprepared_tfds_dataset_fails_fast_without_downloading(tmp_path, monkeypatch):
     _forbid_network(monkeypatch)
-    config = default.get_config().data
+    config = digits_configs.get_config().data
     config.update(dataset="cifar10", data_dir=str(tmp_path), image_size=32, num_channels=3)
     start = time.monotonic()
     with pytest.raises(ValueError) as error:
@@ -187,7 +221,7 @@ def test_unprepared_tfds_dataset_fails_fast_without_downloading(tmp_path, monkey
 
 
 def test_unknown_dataset_name_raises_a_short_value_error(tmp_path):
-    config = default.get_config().data
+    config = digits_configs.get_config().data
     config.update(dataset="no_such_dataset_xyz", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="Unknown dataset 'no_such_dataset_xyz'"):
         input_pipeline.num_examples(config, "train")
@@ -262,7 +296,7 @@ def tiny_tfds_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _tiny_config(data_dir: str, dataset: str, image_size: int, num_channels: int):
-    config = default.get_config().data
+    config = digits_configs.get_config().data
     config.update(
         dataset=dataset,
         data_dir=data_dir,
@@ -328,7 +362,7 @@ def test_tfds_dataset_with_more_classes_than_the_config_is_refused(tiny_tfds_dir
 
 
 def _folder_config(folder, **overrides) -> ml_collections.ConfigDict:
-    config = default.get_config().data
+    config = digits_configs.get_config().data
     config.update(
         dataset="image_folder",
         folder=str(folder),

@@ -11,22 +11,16 @@ import numpy as np
 import pytest
 
 from configs import cifar10, digits, imagenet64, tiny
-from diffax import checkpointing, diffusion, input_pipeline, sharding, train
-from diffax.models import unet
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """One digits TFDS folder shared by the module's tests (prepared offline on first use)."""
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _tiny(data_dir, **training):
-    config = tiny.get_config()
-    config.data.data_dir = data_dir
-    for k, v in training.items():
-        config.training[k] = v
-    return config
+from diffax import (
+    build,
+    checkpointing,
+    diffusion,
+    evaluate,
+    input_pipeline,
+    models,
+    sharding,
+    train,
+)
 
 
 def _run_steps(trainer, config, num_steps, state=None):
@@ -58,17 +52,17 @@ def _assert_same_training(a, b):
 )
 def test_every_config_builds_its_model_abstractly(make, out_channels, min_params, max_params):
     config = make.get_config()
-    model = train.create_model(config)
+    model = build.create_model(config)
     assert model.out_channels == out_channels
-    tx = train.create_optimizer(config)
+    tx = build.create_optimizer(config)
     state = jax.eval_shape(
-        functools.partial(train.init_state, model=model, tx=tx, config=config),
+        functools.partial(build.init_state, model=model, tx=tx, config=config),
         jax.random.PRNGKey(0),
     )
-    n = unet.count_params(state.params)
+    n = models.count_params(state.params)
     assert min_params <= n <= max_params, n
     assert len(state.ema_params) == len(config.training.ema_rates)
-    assert train.create_diffusion(config).num_timesteps == config.diffusion.num_timesteps
+    assert build.create_process(config).num_timesteps == config.diffusion.num_timesteps
 
 
 def _fixed_loss(trainer, params, batch, key):
@@ -76,13 +70,13 @@ def _fixed_loss(trainer, params, batch, key):
     process = trainer.process
     t = jax.random.randint(key, (batch["image"].shape[0],), 0, process.num_timesteps)
     noise = jax.random.normal(jax.random.fold_in(key, 1), batch["image"].shape)
-    model_fn = lambda x, tt: trainer.model.apply({"params": params}, x, tt, batch["label"])
+    model_fn = models.model_fn(trainer.model, params, batch["label"])
     out = diffusion.training_losses(process, model_fn, batch["image"], t, noise, num_levels=17)
     return jnp.mean(out["loss"])
 
 
-def test_a_few_steps_reduce_the_loss_on_digits(data_dir):
-    config = _tiny(data_dir, num_steps=40, batch_size=32, learning_rate=2e-3, warmup_steps=5)
+def test_a_few_steps_reduce_the_loss_on_digits(tiny_config):
+    config = tiny_config(num_steps=40, batch_size=32, learning_rate=2e-3, warmup_steps=5)
     config.diffusion.loss_type = "mse"  # The gauge: the simple loss, low variance.
     trainer = train.Trainer(config)
     state = trainer.init()
@@ -143,9 +137,9 @@ def test_fsdp_sharded_parameters_train_like_replicated_ones():
 
 
 def test_non_finite_batches_are_skipped_and_training_stops_after_the_limit(
-    data_dir, tmp_path, monkeypatch
+    tiny_config, tmp_path, monkeypatch
 ):
-    config = _tiny(data_dir, num_steps=10, log_every=1, max_consecutive_skips=3)
+    config = tiny_config(num_steps=10, log_every=1, max_consecutive_skips=3)
     real = input_pipeline.create_train_iterator
 
     def poisoned(*args, **kwargs):
@@ -190,10 +184,10 @@ def test_gradient_accumulation_matches_the_full_batch():
     _assert_same_training(*outs)
 
 
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_dir, tmp_path):
-    straight = _tiny(data_dir, num_steps=4, checkpoint_every=2)
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tiny_config, tmp_path):
+    straight = tiny_config(num_steps=4, checkpoint_every=2)
     _, state_straight, _ = train.train(straight, str(tmp_path / "straight"))
-    first_half = _tiny(data_dir, num_steps=2, checkpoint_every=2)
+    first_half = tiny_config(num_steps=2, checkpoint_every=2)
     train.train(first_half, str(tmp_path / "resumed"))
     _, state_resumed, _ = train.train(straight, str(tmp_path / "resumed"))
     assert int(state_resumed.step) == int(state_straight.step) == 4
@@ -206,12 +200,12 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_dir, tmp_
     )
 
 
-def test_eval_and_sample_from_a_checkpoint(data_dir, tmp_path):
-    config = _tiny(data_dir, num_steps=2, checkpoint_every=2)
+def test_eval_and_sample_from_a_checkpoint(tiny_config, tmp_path):
+    config = tiny_config(num_steps=2, checkpoint_every=2)
     config.eval.conditional_bpd = True
     workdir = str(tmp_path)
     train.train(config, workdir)
-    results = train.evaluate_checkpoint(config, workdir)
+    results = evaluate.evaluate_checkpoint(config, workdir)
     assert results["step"] == 2
     for key in ("test/bpd", "test/bpd_conditional", "test/prior_bpd"):
         assert np.isfinite(results[key]) and results[key] > 0, key
@@ -219,22 +213,22 @@ def test_eval_and_sample_from_a_checkpoint(data_dir, tmp_path):
     with open(os.path.join(workdir, "eval_00000002.json")) as f:
         assert json.load(f)["test/bpd"] == results["test/bpd"]
     assert os.path.exists(results["samples_png"])
-    png = train.sample_checkpoint(config, workdir, num_samples=5)
+    png = evaluate.sample_checkpoint(config, workdir, num_samples=5)
     saved = np.load(png.replace(".png", ".npz"))
     assert saved["levels"].shape == (5, 8, 8, 1) and saved["levels"].max() <= 16
 
 
-def test_eval_without_a_checkpoint_says_so(data_dir, tmp_path):
+def test_eval_without_a_checkpoint_says_so(tiny_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint in .*--mode=train"):
-        train.evaluate_checkpoint(_tiny(data_dir), str(tmp_path))
+        evaluate.evaluate_checkpoint(tiny_config(), str(tmp_path))
 
 
-def test_checkpoint_of_another_model_shape_is_refused(data_dir, tmp_path, monkeypatch):
-    config = _tiny(data_dir, num_steps=2, checkpoint_every=2)
+def test_checkpoint_of_another_model_shape_is_refused(tiny_config, tmp_path, monkeypatch):
+    config = tiny_config(num_steps=2, checkpoint_every=2)
     monkeypatch.chdir(tmp_path)
     train.train(config, "relative/workdir")  # A relative workdir, as in the README.
     monkeypatch.chdir("relative")
-    config = _tiny(data_dir, num_steps=2, checkpoint_every=2)
+    config = tiny_config(num_steps=2, checkpoint_every=2)
     config.model.ch = 64
     config.model.num_head_channels = 64
     with pytest.raises(ValueError, match="does not fit this config.*params/"):

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffax.models import layers
-from diffax.models.unet import UNet, count_params
+from diffax.models import count_params, layers
+from diffax.models.unet import UNet
 
 # A tiny two-level model: 8x8 -> 4x4, attention at 4x4; every test model shares its parameters.
 TINY = dict(ch=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,))
@@ -261,13 +261,14 @@ def test_ddpm_256_param_count_matches_paper():
     assert abs(count - 114e6) / 114e6 < 0.01, count
 
 
-def test_adm_imagenet512_param_count_matches_paper():
+def test_adm_imagenet512_param_count_matches_paper_to_the_parameter():
     # Dhariwal & Nichol 2021 (ADM), appendix hyperparameter table: the ImageNet 512x512 model
-    # has 559M parameters (also relayed by the Epoch AI model database). Settings from the
-    # released guided-diffusion flags: 256 channels, 2 res blocks, channel_mult
-    # (0.5, 1, 1, 2, 2, 4, 4), attention at 32/16/8 with 64-channel heads, BigGAN up/downsampling,
-    # AdaGN, learned sigma, 1000 classes. The null-class row adds 4 * 256 = 1,024 parameters
-    # over ADM's table (which has no null class); ours: 559,346,950.
+    # has 559M parameters. Settings from the released guided-diffusion flags: 256 channels, 2 res
+    # blocks, channel_mult (0.5, 1, 1, 2, 2, 4, 4), attention at 32/16/8 with 64-channel heads,
+    # BigGAN up/downsampling, AdaGN, learned sigma, 1000 classes. The input conv is int(0.5 * 256)
+    # = 128 wide as in the reference; a 256-wide one (diffax before the fix) has 348,288 more:
+    # input conv 3,584 + first block (256 -> 128 with a 1x1 skip) 180,608 + last decoder block
+    # (384 -> 128 instead of 256 -> 128) 164,096. The null-class row adds 4 * 256 = 1,024.
     model = UNet(
         out_channels=6,
         ch=256,
@@ -278,8 +279,16 @@ def test_adm_imagenet512_param_count_matches_paper():
         use_scale_shift_norm=True,
         num_classes=1000,
     )
-    count = _abstract_param_count(model, 512, labels=True)
-    assert abs(count - 559e6) / 559e6 < 0.01, count
+    assert _abstract_param_count(model, 512, labels=True) == 558_997_638 + 1_024
+
+
+def test_input_conv_is_channel_mult0_times_ch_wide():
+    model = UNet(out_channels=3, ch=64, channel_mult=(0.5, 1), attention_resolutions=())
+    x = jnp.zeros((1, 8, 8, 3))
+    params = jax.eval_shape(model.init, jax.random.key(0), x, jnp.zeros((1,)))["params"]
+    assert params["input_conv"]["kernel"].shape == (3, 3, 3, 32)
+    # The first residual block keeps the 32 channels: no 1x1 skip conv.
+    assert "skip" not in params["down_0_res_0"]
 
 
 def test_indivisible_input_size_raises():

@@ -39,11 +39,10 @@ weights as a PyTorch state dict: transpose conv kernels OIHW -> HWIO and the fc 
 weight/bias/running_mean/running_var -> scale/bias/mean/var, then `save_params`). From the TF graph,
 convert with TensorFlow (no network access needed once the .pb is local):
 
-    python -m diffax.metrics.inception --convert_graph_def=classify_image_graph_def.pb \
+    python -m diffax.tools.convert_inception --graph_def=classify_image_graph_def.pb \
         --out=fid_inception_2015.npz
 """
 
-import argparse
 import functools
 from collections.abc import Mapping
 
@@ -287,17 +286,6 @@ def abstract_variables(model: InceptionV3FID | None = None) -> dict:
     return flax.core.unfreeze(variables)
 
 
-def count_params(params: Mapping) -> int:
-    """Returns the number of parameters; of a variables dict, only its "params" collection.
-
-    BatchNorm running mean/var (the "batch_stats" collection) are not counted, matching
-    PyTorch's `sum(p.numel() for p in model.parameters())`. Works on arrays or ShapeDtypeStructs.
-    """
-    if "params" in params:
-        params = params["params"]
-    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(params)))
-
-
 def flatten_variables(variables: Mapping) -> dict[str, np.ndarray]:
     """Returns {"Conv2d_1a_3x3/conv/kernel": array, ...}: the .npz layout, collections merged."""
     flat = {}
@@ -435,11 +423,3 @@ def convert_graph_def(graph_def_path: str, out_path: str) -> None:
         flat[f"{layer}/bn/var"] = constants[f"{bn}/moving_variance"]
     np.savez(out_path, **{key: np.asarray(value, np.float32) for key, value in flat.items()})
     load_params(out_path)  # Fails loudly, naming the key, if the graph did not fit the module.
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Convert the 2015 Inception GraphDef to .npz.")
-    parser.add_argument("--convert_graph_def", required=True, help="classify_image_graph_def.pb")
-    parser.add_argument("--out", required=True, help="Output .npz path.")
-    arguments = parser.parse_args()
-    convert_graph_def(arguments.convert_graph_def, arguments.out)

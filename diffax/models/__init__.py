@@ -1,0 +1,40 @@
+"""Backbones, one module each, and the one way diffusion code calls them: `model_fn(x, t)`.
+
+A backbone is a flax module called as `model.apply({"params": params}, x, t, y, train=...)` with
+`x` [B, H, W, C], `t` [B] timesteps and `y` [B] labels or None; `diffax.build.MODELS` maps
+`config.model.name` to the function that builds it from a config.
+"""
+
+import math
+from typing import Any
+
+import jax
+
+from diffax.diffusion import ModelFn
+
+
+def count_params(params: Any) -> int:
+    """Returns the number of scalars in a parameter pytree (arrays or `jax.ShapeDtypeStruct`s)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def model_fn(
+    model: Any,
+    params: Any,
+    labels: jax.Array | None = None,
+    *,
+    train: bool = False,
+    dropout_rng: jax.Array | None = None,
+) -> ModelFn:
+    """Returns `fn(x_t, timesteps) -> output` of the model with fixed params and labels [B].
+
+    labels are passed only to a class-conditional model (model.num_classes > 0); train=True
+    enables dropout, drawn from dropout_rng.
+    """
+    y = labels if getattr(model, "num_classes", 0) else None
+    rngs = {"dropout": dropout_rng} if train else None
+
+    def fn(x_t: jax.Array, timesteps: jax.Array) -> jax.Array:
+        return model.apply({"params": params}, x_t, timesteps, y, train=train, rngs=rngs)
+
+    return fn

@@ -6,7 +6,6 @@ DDPM CIFAR-10 network (35.7M parameters); the ADM options are `num_head_channels
 `resblock_updown`, `use_scale_shift_norm` and more attention resolutions. Tensors are NHWC.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -22,11 +21,6 @@ from diffax.models.layers import (
     group_norm,
     timestep_embedding,
 )
-
-
-def count_params(params: Any) -> int:
-    """Returns the number of scalars in a parameter pytree (arrays or `jax.ShapeDtypeStruct`s)."""
-    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
 
 
 def reachable_resolutions(height: int, num_levels: int) -> tuple[int, ...]:
@@ -116,7 +110,9 @@ class UNet(nn.Module):
             emb = emb + label_emb(jnp.asarray(y, jnp.int32))  # [B, 4ch]
 
         # Encoder: skips holds every input-block output, consumed in reverse by the decoder.
-        h = conv(self.ch, 3, self.dtype, "input_conv")(x.astype(self.dtype))  # [B, H, W, ch]
+        # ADM makes the input conv int(channel_mult[0] * ch) wide (ADM-512 starts at 0.5 ch).
+        width = int(self.channel_mult[0] * self.ch)
+        h = conv(width, 3, self.dtype, "input_conv")(x.astype(self.dtype))  # [B, H, W, width]
         skips = [h]
         resolution = height
         last = len(self.channel_mult) - 1

@@ -1,4 +1,5 @@
-"""Gaussian KL divergence and the discretized Gaussian decoder likelihood (all in nats)."""
+"""Distributions the variational bound is made of: Gaussian KL and the discretized Gaussian decoder
+(all in nats), and the per-example mean over dimensions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Throughput benchmark: `python -m diffax.benchmark --config=CONFIG [--steps N] [--out F.json]`.
+"""Throughput benchmark: `python -m diffax.tools.benchmark --config=CONFIG [--out F.json]`.
 
 Measures the real jitted, sharded train step and the config's samplers on synthetic data, on
 whatever devices are present, and reports images/s per device, analytic and XLA FLOPs, MFU against
@@ -18,8 +18,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffax import evaluate, flops, sharding, train
-from diffax.models import unet
+from diffax import build, evaluate, generate, models, sharding, train
+from diffax.tools import flops
 
 # Dense (no structured sparsity) peak FLOP/s per device, by the device_kind substring JAX reports.
 # "fp32" is what float32 matmuls run at under XLA's default precision: TF32 tensor cores on
@@ -78,7 +78,7 @@ def peak_memory_bytes() -> int | None:
 def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0) -> dict:
     """Returns a host batch {"image": float32 [B, H, W, C] in [-1, 1], "label": int32 [B]}."""
     rng = np.random.default_rng(seed)
-    image = rng.uniform(-1.0, 1.0, (batch_size, *train.image_shape(config))).astype(np.float32)
+    image = rng.uniform(-1.0, 1.0, (batch_size, *build.image_shape(config))).astype(np.float32)
     label = rng.integers(0, max(config.data.num_classes, 1), batch_size).astype(np.int32)
     return {"image": image, "label": label}
 
@@ -134,21 +134,21 @@ def benchmark_sampler(
         config.eval.sampler = sampler_name
         config.eval.sample_steps = sample_steps
         config.eval.batch_size = num_samples
-    sampler = evaluate.Sampler(config, trainer.model, trainer.process, trainer.mesh)
+    generator = generate.Generator(config, trainer.model, trainer.process, trainer.mesh)
     start = time.perf_counter()
-    sampler.generate(params, num_samples, seed=0)
+    generator.generate(params, num_samples, seed=0)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    images = sampler.generate(params, num_samples, seed=1)
+    images = generator.generate(params, num_samples, seed=1)
     elapsed = time.perf_counter() - start
     if not np.all(np.isfinite(images)):
         raise FloatingPointError(f"{sampler_name} produced non-finite samples")
     return {
-        "steps": int(sampler.process.num_timesteps),
+        "steps": int(generator.process.num_timesteps),
         "compile_and_first_s": first,
         "time_s": elapsed,
         "images_per_sec": num_samples / elapsed,
-        "guidance": bool(trainer.model.num_classes and config.eval.guidance_scale),
+        "guidance": bool(build.num_classes(config) and config.eval.guidance_scale),
     }
 
 
@@ -173,12 +173,12 @@ def run(
     if num_samples % n:
         raise ValueError(f"num_samples={num_samples} must be divisible by the {n} devices.")
     trainer = train.Trainer(config)
-    shape = train.image_shape(config)
+    shape = build.image_shape(config)
     peak = peak_flops_per_device(device.device_kind, config.model.dtype)
 
     macs = flops.forward_macs(trainer.model, shape)
-    forward = 2.0 * macs["total"]
-    train_flops = flops.TRAIN_STEP_MULTIPLIER * forward
+    forward = flops.forward_flops_per_image(trainer.model, shape)
+    train_flops = flops.train_flops_per_image(trainer.model, shape)
     state, timing = benchmark_train(trainer, batch_size, steps, warmup_steps)
     per_device = timing["images_per_sec"] / n
     train_peak_memory = peak_memory_bytes()  # Before sampling adds its own buffers.
@@ -190,7 +190,7 @@ def run(
             "image_shape": list(shape),
             "dtype": config.model.dtype,
             "batch_size": batch_size,
-            "num_params": unet.count_params(state.params),
+            "num_params": models.count_params(state.params),
         },
         "devices": {
             "platform": device.platform,

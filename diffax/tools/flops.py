@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffax.models import layers, unet
+from diffax import models
+from diffax.models import layers
 
 TRAIN_STEP_MULTIPLIER = 3  # forward + backward (gradients w.r.t. activations and weights)
 
@@ -71,25 +72,40 @@ def count_macs(fn: Callable[..., Any], *args: Any) -> dict[str, int]:
     return counts
 
 
-def forward_macs(model: unet.UNet, image_shape: Sequence[int], batch_size: int = 1) -> dict:
-    """Returns forward-pass MACs {"conv", "dense", "attention", "total"} of the U-Net on
-    [batch_size, H, W, C], summed over the batch."""
-    model = model.clone(remat=False)  # The same layers either way; remat only re-runs them.
+def _abstract_inputs(model: nn.Module, image_shape: Sequence[int], batch_size: int):
+    """Returns ShapeDtypeStructs (x [B, H, W, C], t [B], labels [B] or None) for the model."""
     x = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
     t = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-    y = jax.ShapeDtypeStruct((batch_size,), jnp.int32) if model.num_classes else None
-    variables = jax.eval_shape(
-        lambda x, t, y: model.init(jax.random.PRNGKey(0), x, t, y, train=False), x, t, y
+    labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    return x, t, labels if getattr(model, "num_classes", 0) else None
+
+
+def _forward(model: nn.Module):
+    """Returns forward(params, x, t, labels), the model as diffusion code calls it."""
+    return lambda params, x, t, labels: models.model_fn(model, params, labels)(x, t)
+
+
+def forward_macs(model: nn.Module, image_shape: Sequence[int], batch_size: int = 1) -> dict:
+    """Returns forward-pass MACs {"conv", "dense", "attention", "total"} of the model on
+    [batch_size, H, W, C], summed over the batch."""
+    if hasattr(model, "remat"):
+        model = model.clone(remat=False)  # The same layers either way; remat only re-runs them.
+    x, t, labels = _abstract_inputs(model, image_shape, batch_size)
+    params = jax.eval_shape(
+        lambda x, t, labels: model.init(jax.random.PRNGKey(0), x, t, labels)["params"],
+        x,
+        t,
+        labels,
     )
-    return count_macs(lambda v, x, t, y: model.apply(v, x, t, y, train=False), variables, x, t, y)
+    return count_macs(_forward(model), params, x, t, labels)
 
 
-def forward_flops_per_image(model: unet.UNet, image_shape: Sequence[int]) -> int:
+def forward_flops_per_image(model: nn.Module, image_shape: Sequence[int]) -> int:
     """Returns analytic forward FLOPs (2 x MACs) of one image [H, W, C]."""
     return 2 * forward_macs(model, image_shape, batch_size=1)["total"]
 
 
-def train_flops_per_image(model: unet.UNet, image_shape: Sequence[int]) -> int:
+def train_flops_per_image(model: nn.Module, image_shape: Sequence[int]) -> int:
     """Returns analytic FLOPs of one image in a training step: 3 x the forward FLOPs."""
     return TRAIN_STEP_MULTIPLIER * forward_flops_per_image(model, image_shape)
 
@@ -116,20 +132,14 @@ def xla_cost(compiled: Any) -> dict[str, float]:
 
 
 def xla_forward_flops_per_image(
-    model: unet.UNet, params: Any, image_shape: Sequence[int], batch_size: int = 1
+    model: nn.Module, params: Any, image_shape: Sequence[int], batch_size: int = 1
 ) -> float:
     """Returns XLA's cost-analysis FLOPs of one compiled forward on [batch, H, W, C], per image.
 
     XLA also counts elementwise work (norms, activations, softmax) and skips the zero padding of
     convolutions, so it differs from the analytic count by a model-dependent few tens of percent.
     """
-    x = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
-    t = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-    y = jax.ShapeDtypeStruct((batch_size,), jnp.int32) if model.num_classes else None
+    x, t, labels = _abstract_inputs(model, image_shape, batch_size)
     abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
-
-    def forward(params, x, t, y):
-        return model.apply({"params": params}, x, t, y, train=False)
-
-    compiled = jax.jit(forward).lower(abstract, x, t, y).compile()
+    compiled = jax.jit(_forward(model)).lower(abstract, x, t, labels).compile()
     return xla_cost(compiled)["flops"] / batch_size

@@ -1,0 +1,138 @@
+"""The one place a config becomes objects: the model, the diffusion process, the optimizer, shapes.
+
+The training loop, evaluation, sampling and the tools all call these; a new backbone is one module
+in `diffax/models/` plus one entry in `MODELS`.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from diffax import diffusion, schedules, sharding
+from diffax import timestep_sampler as timestep_sampler_lib
+from diffax.models import unet
+from diffax.train_state import TrainState
+
+
+def _unet(config: ml_collections.ConfigDict, out_channels: int) -> unet.UNet:
+    """Translates config.model into the U-Net's explicit hyperparameters."""
+    m = config.model
+    return unet.UNet(
+        out_channels=out_channels,
+        ch=m.ch,
+        channel_mult=tuple(m.channel_mult),
+        num_res_blocks=m.num_res_blocks,
+        attention_resolutions=tuple(m.attention_resolutions),
+        num_heads=m.num_heads,
+        num_head_channels=m.num_head_channels,
+        dropout=m.dropout,
+        resblock_updown=m.resblock_updown,
+        use_scale_shift_norm=m.use_scale_shift_norm,
+        num_classes=config.data.num_classes if m.class_cond else 0,
+        dtype=jnp.dtype(m.dtype),
+        remat=m.remat,
+    )
+
+
+# config.model.name -> fn(config, out_channels) returning the flax module.
+MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {"unet": _unet}
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """Returns [H, W, C] of the images the model sees."""
+    return (config.data.image_size, config.data.image_size, config.data.num_channels)
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+    """Returns the classes the model conditions on (0: unconditional); label K is the null class."""
+    return config.data.num_classes if config.model.class_cond else 0
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """Returns the backbone named by config.model.name, with 2C outputs for a learned variance."""
+    learn_sigma = config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
+    out_channels = config.data.num_channels * (2 if learn_sigma else 1)
+    return MODELS[config.model.name](config, out_channels)
+
+
+def create_process(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffusion:
+    """Returns the training process of config.diffusion."""
+    d = config.diffusion
+    betas = schedules.get_named_beta_schedule(d.schedule, d.num_timesteps)
+    return diffusion.GaussianDiffusion.create(
+        betas, mean_type=d.mean_type, var_type=d.var_type, loss_type=d.loss_type
+    )
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Returns linear warmup to the peak rate, then constant (as DDPM and improved DDPM)."""
+    training = config.training
+    if training.warmup_steps <= 0:
+        return optax.constant_schedule(training.learning_rate)
+    return optax.linear_schedule(0.0, training.learning_rate, training.warmup_steps)
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Returns AdamW with warmup and optional global-norm clipping."""
+    training = config.training
+    adamw = optax.adamw(
+        learning_rate_schedule(config),
+        b1=training.adam_b1,
+        b2=training.adam_b2,
+        weight_decay=training.weight_decay,
+    )
+    if training.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(training.grad_clip), adamw)
+    return adamw
+
+
+def init_params(rng: jax.Array, model: nn.Module, config: ml_collections.ConfigDict) -> Any:
+    """Returns freshly initialised parameters (pure; use jax.eval_shape for shapes alone)."""
+    x = jnp.zeros((1, *image_shape(config)), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    y = jnp.zeros((1,), jnp.int32) if num_classes(config) else None
+    return model.init({"params": rng}, x, t, y, train=False)["params"]
+
+
+def init_state(
+    rng: jax.Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+) -> TrainState:
+    """Returns a fresh train state (pure; jit it with out_shardings to allocate it sharded)."""
+    param_rng, state_rng = jax.random.split(rng)
+    return TrainState.create(
+        params=init_params(param_rng, model, config),
+        tx=tx,
+        ema_rates=tuple(config.training.ema_rates),
+        rng=state_rng,
+        sampler_state=timestep_sampler_lib.loss_second_moment_init(config.diffusion.num_timesteps),
+    )
+
+
+def abstract_state(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+) -> tuple[TrainState, Any]:
+    """Returns (the state's ShapeDtypeStructs carrying their shardings, the shardings).
+
+    Nothing is allocated: this is what `jax.jit(init, out_shardings=...)` creates and what a
+    checkpoint restores into.
+    """
+    init = functools.partial(init_state, model=model, tx=tx, config=config)
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    shardings = sharding.state_shardings(mesh, shapes)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
+    )
+    return abstract, shardings

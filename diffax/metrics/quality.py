@@ -1,0 +1,208 @@
+"""Sample quality of generated images: digits Fréchet distance and class accuracy, FID/IS/PR.
+
+Two feature networks, picked by the dataset:
+
+- digits (8x8, 17 levels): the small CNN of `diffax.metrics.digits_classifier`, trained once (about
+  10 s on CPU) and cached. Its 128-d features give a Fréchet distance to the digits test split; its
+  logits give the fraction of class-conditional samples classified as their conditioning label.
+- any other dataset: the 2015 FID Inception-v3 (`diffax.metrics.inception`), whose weights must be
+  supplied as an .npz (`eval.inception_weights`; how to get them: that module's docstring). It gives
+  FID against reference statistics (`diffax.metrics.reference`), Inception Score, and improved
+  precision/recall.
+
+Samples are [N, H, W, C] float in [-1, 1]. Before any network sees them they are snapped to the
+grid they would be saved on: the data's levels for the digits, uint8 for Inception (the 2015
+graph's input type).
+"""
+
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from diffax import images as images_lib
+from diffax.metrics import digits_classifier, fid, inception, reference
+
+# feature_fn -> (statistics {"mu", "sigma"} or None, reference images [M, H, W, C] or None).
+ReferenceFn = Callable[[reference.FeatureFn], tuple[dict | None, np.ndarray | None]]
+
+_INCEPTION_MODEL = inception.InceptionV3FID(include_logits_bias=False)  # IS code has no fc bias.
+
+
+def digits_quality(
+    samples: np.ndarray,
+    labels: np.ndarray | None,
+    classifier_path: str,
+    num_levels: int = 17,
+) -> dict[str, float]:
+    """Returns {"digits_fd", "digits_fd_test_vs_train", "digits_class_accuracy" (with labels)}.
+
+    digits_fd: Fréchet distance (squared feature units, float64 statistics) between classifier
+    features of the N samples [N, 8, 8, 1] and of the 360 test digits. digits_fd_test_vs_train:
+    the same distance for min(N, 1437) train digits (a seeded subsample) instead of the samples,
+    i.e. what a perfect model scores at this sample size; Fréchet distance is biased upwards at
+    small N, so compare the two, not digits_fd with 0. digits_class_accuracy: fraction of samples
+    the classifier assigns to their conditioning label. The classifier is trained on first use and
+    cached at classifier_path.
+    """
+    samples = np.asarray(samples, np.float32)
+    if samples.ndim != 4 or samples.shape[1:] != digits_classifier.IMAGE_SHAPE:
+        raise ValueError(f"digits samples must be [N, 8, 8, 1], got shape {samples.shape}")
+    if samples.shape[0] < 2:
+        raise ValueError(f"Fréchet distance needs at least 2 samples, got {samples.shape[0]}")
+    samples = images_lib.snap(samples, num_levels)  # As a saved sample file holds them.
+    params = _classifier_params(classifier_path)
+    train_images, _, test_images, _ = digits_classifier.load_digits_split()
+    sample_features, sample_logits = digits_classifier.features_and_logits(params, samples)
+    test_stats = fid.compute_statistics(
+        digits_classifier.features_and_logits(params, test_images)[0]  # [360, 128]
+    )
+    # The floor: real train digits, as many as the samples, against the same test statistics.
+    num_floor = min(samples.shape[0], train_images.shape[0])
+    chosen = np.random.default_rng(0).choice(train_images.shape[0], num_floor, replace=False)
+    floor_stats = fid.compute_statistics(
+        digits_classifier.features_and_logits(params, train_images[chosen])[0]  # [n, 128]
+    )
+    sample_stats = fid.compute_statistics(sample_features)
+    results = {
+        "digits_fd": _frechet(sample_stats, test_stats),
+        "digits_fd_test_vs_train": _frechet(floor_stats, test_stats),
+    }
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if labels.shape[0] != samples.shape[0]:
+            raise ValueError(f"{labels.shape[0]} labels for {samples.shape[0]} samples")
+        predicted = np.argmax(sample_logits, axis=-1)  # [N]
+        results["digits_class_accuracy"] = float(np.mean(predicted == labels))
+    return results
+
+
+def _classifier_params(path: str) -> dict:
+    """Returns the digits classifier at path, trained and saved there first if it is absent."""
+    path = os.path.abspath(path)
+    if jax.process_count() > 1 and not os.path.isdir(path):
+        # orbax refuses to save host-local jax.Arrays from several processes, but writes NumPy
+        # arrays once; every process trains the same seeded classifier and saves it together.
+        params, _ = digits_classifier.train_classifier(*digits_classifier.load_digits_split())
+        params = jax.device_get(params)
+        digits_classifier.save_classifier(path, params)
+        return params
+    return digits_classifier.get_or_train_classifier(path)
+
+
+def _frechet(stats1: dict[str, np.ndarray], stats2: dict[str, np.ndarray]) -> float:
+    return fid.frechet_distance(stats1["mu"], stats1["sigma"], stats2["mu"], stats2["sigma"])
+
+
+@jax.jit
+def _inception_apply(variables: dict, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Returns (pool3 [B, 2048], bias-free logits [B, 1008]) of images [B, H, W, C] in [-1, 1]."""
+    # Snap to uint8 first: the 2015 graph takes uint8, and saved samples are 8-bit images.
+    pixels = images_lib.to_levels(images, 256)  # [B, H, W, C]
+    x = inception.uint8_to_inception_input(pixels)
+    if x.shape[-1] == 1:
+        x = jnp.tile(x, (1, 1, 1, 3))  # grayscale -> RGB
+    return _INCEPTION_MODEL.apply(variables, x)
+
+
+def inception_outputs(
+    variables: dict, images: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns float32 (pool3 [N, 2048], logits [N, 1008]) of images [N, H, W, C] in [-1, 1].
+
+    Runs in padded batches of batch_size, so every batch reuses one compilation.
+    """
+    images = np.asarray(images, np.float32)
+    features, logits = [], []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size]
+        num_real = batch.shape[0]
+        batch = np.pad(batch, ((0, batch_size - num_real),) + ((0, 0),) * 3)
+        batch_features, batch_logits = _inception_apply(variables, batch)
+        features.append(np.asarray(batch_features)[:num_real])
+        logits.append(np.asarray(batch_logits)[:num_real])
+    return np.concatenate(features), np.concatenate(logits)
+
+
+def inception_quality(
+    samples: np.ndarray,
+    inception_weights: str,
+    batch_size: int,
+    reference_fn: ReferenceFn | None = None,
+    k: int = 3,
+) -> dict[str, float]:
+    """Returns {"fid", "is_mean", "is_std", "precision", "recall"} of samples [N, H, W, C], [-1, 1].
+
+    reference_fn(feature_fn) returns (FID reference statistics or None, reference images or None);
+    without statistics FID is left out, and precision/recall (k-NN, k=3, against the first N
+    reference images) need more than k of them. IS is over min(10, N) splits.
+    """
+    samples = np.asarray(samples, np.float32)
+    if samples.ndim != 4 or samples.shape[-1] not in (1, 3) or samples.shape[0] < 2:
+        raise ValueError(f"samples must be [N >= 2, H, W, 1 or 3], got shape {samples.shape}")
+    num_samples = samples.shape[0]
+    variables = inception.load_params(os.fspath(inception_weights), _INCEPTION_MODEL)
+    batch_size = max(1, min(batch_size, num_samples))
+
+    def features_of(images: np.ndarray) -> np.ndarray:
+        return inception_outputs(variables, images, batch_size)[0]
+
+    sample_features, sample_logits = inception_outputs(variables, samples, batch_size)
+    reference_stats, reference_images = (
+        (None, None) if reference_fn is None else (reference_fn(features_of))
+    )
+    if reference_stats is None:
+        logging.info("FID left out: no reference statistics (eval.reference_stats, or a dataset).")
+    real_features = None
+    if reference_images is not None and reference_images.shape[0] > k:
+        real_features = features_of(reference_images[:num_samples])
+    else:
+        logging.info(
+            "Precision/recall left out: they need more than k=%d reference images (an images "
+            ".npz in eval.reference_stats, or data.eval_split).",
+            k,
+        )
+    metrics = fid.sample_metrics(sample_features, sample_logits, reference_stats, real_features)
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def quality_metrics(
+    config: ml_collections.ConfigDict,
+    samples: np.ndarray,
+    labels: np.ndarray | None,
+    workdir: str,
+    eval_images_fn: reference.ImagesFn,
+) -> dict[str, float]:
+    """Returns the dataset's quality metrics as plain floats keyed "samples/<metric>".
+
+    digits: digits_quality (classifier at eval.classifier_path, default WORKDIR/digits_classifier);
+    other datasets: inception_quality when eval.inception_weights is set, else {} (logged).
+    eval_images_fn(n) returns the first n (-1: all) images of data.eval_split.
+    """
+    ev = config.eval
+    if config.data.dataset == "digits":
+        classifier_path = ev.classifier_path or os.path.join(workdir, "digits_classifier")
+        metrics = digits_quality(samples, labels, classifier_path, config.data.num_levels)
+    elif ev.inception_weights:
+
+        def reference_fn(feature_fn):
+            if ev.reference_stats:
+                stats, images = reference.load_reference(os.fspath(ev.reference_stats), feature_fn)
+            else:
+                stats = reference.reference_statistics(config, feature_fn, eval_images_fn)
+                images = None
+            return stats, eval_images_fn(samples.shape[0]) if images is None else images
+
+        metrics = inception_quality(samples, ev.inception_weights, ev.batch_size, reference_fn)
+    else:
+        logging.info(
+            "FID/IS/precision/recall skipped: they need eval.inception_weights, an .npz of the "
+            "2015 FID Inception-v3 weights (where to get and how to convert them: the module "
+            "docstring of diffax/metrics/inception.py)."
+        )
+        metrics = {}
+    return {f"samples/{key}": float(value) for key, value in metrics.items()}

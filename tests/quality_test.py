@@ -1,0 +1,119 @@
+"""Tests of diffax.metrics.quality: digits Fréchet distance and accuracy, FID/IS/PR dispatch."""
+
+import json
+import logging
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from diffax.metrics import fid, inception, quality
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """Small random weights for the full FID Inception-v3, saved with inception.save_params."""
+    rng = np.random.default_rng(0)
+
+    def fill(path, spec):
+        leaf = path[-1].key
+        if leaf == "kernel":
+            fan_in = int(np.prod(spec.shape[:-1]))
+            return rng.normal(size=spec.shape) * np.sqrt(2.0 / fan_in)
+        if leaf in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, size=spec.shape)
+        return rng.normal(size=spec.shape) * 0.1
+
+    variables = jax.tree_util.tree_map_with_path(fill, inception.abstract_variables())
+    path = str(tmp_path_factory.mktemp("inception") / "weights.npz")
+    inception.save_params(path, variables)
+    return path
+
+
+def _no_eval_images(num_examples):
+    raise AssertionError("these metrics must not read the eval split")
+
+
+# ------------------------------------------------------------------------------------------------
+# Digits.
+
+
+def test_real_digits_score_near_the_floor_and_are_classified(classifier_path, digits_split):
+    train_images, train_labels, test_images, _ = digits_split
+    chosen = np.random.default_rng(1).choice(len(train_images), 300, replace=False)
+    results = quality.digits_quality(train_images[chosen], train_labels[chosen], classifier_path)
+    assert set(results) == {"digits_fd", "digits_fd_test_vs_train", "digits_class_accuracy"}
+    assert results["digits_class_accuracy"] >= 0.95
+    floor = results["digits_fd_test_vs_train"]
+    assert floor > 0
+    # Another draw of 300 real digits: within sampling noise of the floor (also 300 train digits).
+    assert results["digits_fd"] < 1.5 * floor
+    # The test split itself has exactly the reference statistics: distance 0.
+    identical = quality.digits_quality(test_images, None, classifier_path)
+    assert identical["digits_fd"] == pytest.approx(0.0, abs=1e-6 * floor)
+    assert "digits_class_accuracy" not in identical
+
+
+def test_noise_scores_far_above_the_floor_at_chance_accuracy(classifier_path):
+    noise = np.random.default_rng(2).uniform(-1, 1, size=(300, 8, 8, 1)).astype(np.float32)
+    labels = np.arange(300) % 10
+    results = quality.digits_quality(noise, labels, classifier_path)
+    assert results["digits_fd"] > 10 * results["digits_fd_test_vs_train"]
+    # Balanced labels: any labelling that ignores the image is right 10% of the time.
+    assert abs(results["digits_class_accuracy"] - 0.1) < 0.1
+
+
+def test_digits_samples_are_scored_on_the_data_grid(classifier_path, digits_split):
+    # Off-grid values that round to the test digits' levels give the test digits' distance: 0.
+    test_images = digits_split[2]
+    jitter = np.random.default_rng(3).uniform(-0.4, 0.4, test_images.shape) * (2.0 / 16)
+    results = quality.digits_quality(np.clip(test_images + jitter, -1, 1), None, classifier_path)
+    assert results["digits_fd"] < 1e-6
+
+
+def test_quality_metrics_gives_prefixed_plain_floats_for_digits(
+    tiny_config, classifier_path, digits_split, tmp_path
+):
+    config = tiny_config(**{"eval.classifier_path": classifier_path})
+    images = digits_split[2][:20]
+    results = quality.quality_metrics(
+        config, images, digits_split[3][:20], str(tmp_path), _no_eval_images
+    )
+    assert set(results) == {
+        "samples/digits_fd",
+        "samples/digits_fd_test_vs_train",
+        "samples/digits_class_accuracy",
+    }
+    assert all(type(value) is float for value in results.values())
+    json.dumps(results)
+
+
+def test_quality_metrics_without_inception_weights_is_empty_and_says_why(tiny_config, caplog):
+    config = tiny_config()
+    config.data.dataset = "cifar10"
+    with caplog.at_level(logging.INFO):
+        assert (
+            quality.quality_metrics(
+                config, np.zeros((4, 8, 8, 3)), None, "/nowhere", _no_eval_images
+            )
+            == {}
+        )
+    assert "eval.inception_weights" in caplog.text
+    assert "diffax/metrics/inception.py" in caplog.text
+
+
+def test_inception_metrics_of_samples_against_themselves(inception_weights):
+    samples = np.random.default_rng(7).integers(0, 256, size=(4, 8, 8, 1)).astype(np.float32)
+    samples = samples / 255 * 2 - 1
+
+    def reference_fn(feature_fn):
+        return fid.compute_statistics(feature_fn(samples)), samples
+
+    results = quality.inception_quality(samples, inception_weights, 4, reference_fn)
+    assert set(results) == {"fid", "is_mean", "is_std", "precision", "recall"}
+    chex.assert_tree_all_finite(results)
+    # Identical feature sets: zero distance, each set inside the other's manifold.
+    assert results["fid"] == pytest.approx(0.0, abs=1e-3)
+    assert results["precision"] == 1.0 and results["recall"] == 1.0
+    assert results["is_mean"] >= 1.0 - 1e-6
