@@ -21,7 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # Seeds parameter init, the data order and the training RNG.
 
     config.data = data = ml_collections.ConfigDict()
-    data.dataset = _unset()  # A TFDS name (cifar10, imagenet_resized/64x64), "digits", "image_folder".
+    data.dataset = (
+        _unset()
+    )  # A TFDS name (cifar10, imagenet_resized/64x64), "digits", "image_folder".
     data.data_dir = _unset()  # TFDS data_dir; unset uses ~/tensorflow_datasets.
     data.folder = _unset()  # image_folder: one subfolder per class, or flat.
     data.image_size = 64  # Images are square; a dataset of another size is resized.
@@ -87,8 +89,13 @@ def get_config() -> ml_collections.ConfigDict:
     ev.num_bpd_examples = -1  # Test examples for bits/dim; -1 takes the whole split.
     ev.conditional_bpd = False  # Also report p(x|y) bits/dim of a class-conditional model.
     ev.num_samples = 1000  # Samples to generate.
-    ev.sampler = "ddpm"  # "ddpm" or "ddim".
-    ev.sample_steps = 0  # Respaced steps for sampling; 0 uses every step of the process.
+    # "ddpm", "ddim", or a diffax.solvers sampler: "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
+    # "unipc", "euler", "heun", "euler_ancestral", "ancestral".
+    ev.sampler = "ddpm"
+    ev.sample_steps = 0  # Respaced steps (solvers: grid points); 0 uses every step.
+    # Solvers' timestep spacing: "uniform", "logsnr", "karras", "ddim", "respace" or a spec "10,20".
+    ev.sample_spacing = "logsnr"
+    ev.solver_order = 0  # dpmpp_* / unipc order (1-3); 0 takes the sampler's own (2M: 2, 3M: 3).
     ev.ddim_eta = 0.0  # DDIM eta: 0 is deterministic, 1 matches DDPM's variance.
     ev.guidance_scale = 0.0  # Classifier-free guidance w; 0 samples the conditional model.
     ev.clip_denoised = True  # Clip predicted x0 to [-1, 1] while sampling.

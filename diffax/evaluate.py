@@ -159,7 +159,9 @@ def evaluate_params(
     results["samples_png"] = save_samples(
         config, workdir, f"eval_samples_{step:08d}", samples, labels
     )
-    results["sampler"] = f"{config.eval.sampler}-{generator.process.num_timesteps}"
+    results["sampler"] = f"{config.eval.sampler}-{generator.num_steps}"
+    results["sampler_nfe"] = generator.nfe  # Sequential model calls per batch.
+    results["forward_passes_per_sample"] = generator.forward_passes_per_sample
     results["guidance_scale"] = config.eval.guidance_scale
     scalars = {k: v for k, v in results.items() if k.startswith(("test/", "samples/"))}
     summaries.write_scalars(writer, step, scalars)

@@ -11,10 +11,32 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from diffax import diffusion, models, sampling, schedules, sharding
+from diffax import diffusion, models, sampling, schedules, sharding, solvers
 
-# config.eval.sampler values.
-SAMPLERS = ("ddpm", "ddim")
+# config.eval.sampler values: the discrete chain's own samplers (DDPM uses a learned variance;
+# DDIM respaces with eval.ddim_eta), then the few-step samplers of diffax.solvers on a grid of
+# eval.sample_steps noise levels spaced by eval.sample_spacing.
+CHAIN_SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = CHAIN_SAMPLERS + tuple(name for name in solvers.SAMPLERS if name != "ddim")
+
+
+def solver_grid(
+    config: ml_collections.ConfigDict, process: diffusion.GaussianDiffusion
+) -> solvers.NoiseGrid:
+    """Returns the noise grid a diffax.solvers sampler runs on (eval.sample_steps, 0: all)."""
+    steps = config.eval.sample_steps or process.num_timesteps
+    timesteps = solvers.spacing_timesteps(process, steps, config.eval.sample_spacing)
+    return solvers.grid_from_discrete(process, timesteps)
+
+
+def solver_options(config: ml_collections.ConfigDict) -> dict:
+    """Returns the keyword options of the config's solver (order, eta) where they apply."""
+    ev, options = config.eval, {}
+    if ev.solver_order and ev.sampler in solvers.SOLVER_ORDERS:
+        options["order"] = ev.solver_order
+    if ev.sampler == "euler_ancestral":
+        options["eta"] = ev.ddim_eta if ev.ddim_eta else 1.0
+    return options
 
 
 def sampling_process(
@@ -48,7 +70,13 @@ class Generator:
         self.model = model
         self.num_classes = getattr(model, "num_classes", 0)
         self.mesh = mesh
-        self.process = sampling_process(config, process)
+        if config.eval.sampler in CHAIN_SAMPLERS:
+            self.process, self.grid = sampling_process(config, process), None
+            self.num_steps = self.process.num_timesteps
+        else:
+            self.process, self.grid = process, solver_grid(config, process)
+            self.num_steps = self.grid.num_steps
+        self.nfe = None  # Model calls per batch (a doubled guidance batch is one call).
         # Batches of eval.batch_size, or fewer when fewer samples are wanted (a multiple of the
         # device count, so the batch splits evenly over the mesh).
         devices = mesh.size
@@ -72,7 +100,19 @@ class Generator:
             )
         else:
             model_fn = models.model_fn(model, params, labels)
-        if ev.sampler == "ddim":
+        if self.grid is not None:
+            denoise_fn = solvers.denoiser(
+                model_fn,
+                self.grid,
+                self.process.mean_type,
+                self.process.learn_sigma,
+                clip_denoised=ev.clip_denoised,
+            )
+            out = solvers.sample(
+                ev.sampler, denoise_fn, self.grid, self.shape, key, **solver_options(self.config)
+            )
+            self.nfe = out["nfe"]
+        elif ev.sampler == "ddim":
             out = sampling.ddim_sample(
                 self.process,
                 model_fn,
@@ -85,7 +125,15 @@ class Generator:
             out = sampling.ddpm_sample(
                 self.process, model_fn, self.shape, key, clip_denoised=ev.clip_denoised
             )
+        if self.grid is None:
+            self.nfe = self.num_steps
         return out["sample"]
+
+    @property
+    def forward_passes_per_sample(self) -> int:
+        """Returns network evaluations per image: model calls, x2 with classifier-free guidance."""
+        calls = self.nfe if self.nfe is not None else self.num_steps
+        return calls * (2 if self.num_classes and self.config.eval.guidance_scale else 1)
 
     def labels(self, num_samples: int) -> np.ndarray:
         """Returns the class each of num_samples samples is drawn for."""

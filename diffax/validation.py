@@ -8,7 +8,7 @@ a new option is accepted here as soon as its module offers it.
 import jax
 import ml_collections
 
-from diffax import build, diffusion, generate, schedules, sharding, timestep_sampler
+from diffax import build, diffusion, generate, schedules, sharding, solvers, timestep_sampler
 from diffax.models import layers, unet
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -194,6 +194,26 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
                 f"eval.sample_steps={ev.sample_steps} cannot be honoured by a DDIM stride over "
                 f"diffusion.num_timesteps={d.num_timesteps} ({e})."
             ) from None
+    if ev.sampler not in generate.CHAIN_SAMPLERS:
+        if not isinstance(ev.sample_spacing, str):
+            raise ConfigError(f"eval.sample_spacing={ev.sample_spacing!r} must be a string.")
+        try:
+            generate.solver_grid(config, build.create_process(config))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    _positive_int(ev.solver_order, "eval.solver_order", allow_zero=True)
+    if ev.solver_order:
+        orders = solvers.SOLVER_ORDERS.get(ev.sampler)
+        if orders is None:
+            raise ConfigError(
+                f"eval.solver_order={ev.solver_order} applies only to eval.sampler in "
+                f"{', '.join(solvers.SOLVER_ORDERS)}, not {ev.sampler!r}; use 0."
+            )
+        if ev.solver_order not in orders:
+            raise ConfigError(
+                f"eval.solver_order={ev.solver_order} is not one of "
+                f"{', '.join(map(str, orders))} for eval.sampler={ev.sampler!r}."
+            )
     _number(ev.guidance_scale, "eval.guidance_scale", 0.0, float("inf"))
     _number(ev.ddim_eta, "eval.ddim_eta", 0.0, 1.0)
     if ev.guidance_scale and not config.model.class_cond:

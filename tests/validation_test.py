@@ -42,7 +42,7 @@ INVALID = [
     ("training.learning_rate", 0.0),
     ("training.label_dropout", 1.0),
     ("training.ema_rates", (1.5,)),
-    ("eval.sampler", "euler"),
+    ("eval.sampler", "rk45"),
     ("eval.batch_size", 10),
     ("eval.sample_steps", 21),
     ("eval.sample_steps", 6),  # No DDIM stride over T=20 gives exactly 6 steps.
@@ -64,6 +64,23 @@ def _set(config, field, value):
 @pytest.mark.parametrize("make", [digits, cifar10, imagenet64, tiny])
 def test_shipped_configs_are_valid(make):
     validation.validate_config(make.get_config(), device_count=8)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "field", "value"),
+    [
+        ("dpmpp_3m", "eval.solver_order", 4),
+        ("heun", "eval.solver_order", 2),
+        ("unipc", "eval.sample_spacing", "cubic"),
+        ("dpmpp_2m", "eval.sample_steps", 21),
+    ],
+)
+def test_invalid_solver_settings_are_named(sampler, field, value):
+    config = tiny.get_config()
+    config.eval.sampler = sampler
+    _set(config, field, value)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validation.validate_config(config, device_count=8)
 
 
 @pytest.mark.parametrize(("field", "value"), INVALID)
