@@ -43,7 +43,10 @@ def restore_eval_params(
     model = build.create_model(config)
     abstract, _ = build.abstract_state(config, model, build.create_optimizer(config), mesh)
     manager = checkpointing.create_manager(workdir, read_only=True)
-    restored = checkpointing.restore(manager, abstract)
+    try:
+        restored = checkpointing.restore(manager, abstract)
+    finally:
+        checkpointing.close(manager)
     if restored is None:
         raise FileNotFoundError(
             f"No checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first with "
@@ -123,6 +126,16 @@ def save_samples(
     )
 
 
+def _check_finite(figures: dict[str, float], step: int) -> None:
+    """Raises FloatingPointError naming the non-finite figures: they are no result to report."""
+    bad = sorted(name for name, value in figures.items() if not np.isfinite(value))
+    if bad:
+        raise FloatingPointError(
+            f"Evaluation at step {step} gave non-finite {', '.join(bad)}; the checkpoint's "
+            "parameters are not usable (no eval file was written)."
+        )
+
+
 def evaluate_params(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -141,8 +154,13 @@ def evaluate_params(
     if build.num_classes(config) and config.eval.conditional_bpd:
         # p(x|y) for the true labels; test/bpd above is p(x) through the learned null class.
         results["test/bpd_conditional"] = evaluate_bpd(*args, conditional=True)["bpd"]
+    _check_finite({k: v for k, v in results.items() if k.startswith("test/")}, step)
     generator = generate.Generator(config, model, process, mesh)
     samples = generator.generate(params, config.eval.num_samples, seed=step)
+    if not np.all(np.isfinite(samples)):
+        raise FloatingPointError(
+            f"Sampling at step {step} gave non-finite images; the parameters are not usable."
+        )
     labels = generator.labels(len(samples))
     if config.eval.quality_metrics:
         from diffax.metrics import quality
@@ -164,6 +182,7 @@ def evaluate_params(
     results["forward_passes_per_sample"] = generator.forward_passes_per_sample
     results["guidance_scale"] = config.eval.guidance_scale
     scalars = {k: v for k, v in results.items() if k.startswith(("test/", "samples/"))}
+    _check_finite(scalars, step)
     summaries.write_scalars(writer, step, scalars)
     if jax.process_index() == 0:
         path = epath.Path(workdir) / f"eval_{step:08d}.json"

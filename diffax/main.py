@@ -1,10 +1,13 @@
 """Entry point: `python -m diffax.main --config=configs/digits.py --workdir=DIR [--mode=...]`.
 
-Kept short on purpose: flags, distributed start-up, then one call into the library.
+Kept short on purpose: flags, distributed start-up, then one call into the library. Wrong input
+(a flag, a config field, a file) stops the run with one sentence, `diffax: error: ...`, and exit
+status 1; the traceback goes to the workdir's log, or to the console with --verbose.
 """
 
 import os
 import sys
+import tempfile
 import traceback
 
 from absl import app, flags, logging
@@ -26,37 +29,86 @@ flags.DEFINE_enum(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool("verbose", False, "Print tracebacks of errors on the console too.")
 FLAGS = flags.FLAGS
+
+# Errors that mean "wrong input": one sentence and exit 1, never a traceback on the console.
+INPUT_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def _fail(message: str, verbose: bool) -> None:
+    """Prints one `diffax: error:` sentence (and the traceback with --verbose); exits 1."""
+    if verbose:
+        traceback.print_exc()
+    print(f"diffax: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """Parses the command line; a bad flag or config file is one sentence (flag_errors)."""
+    from diffax import flag_errors
+
+    try:
+        remaining = FLAGS(argv)
+        for name in ("config", "workdir"):
+            if FLAGS[name].value is None:
+                raise flags.IllegalFlagValueError(f"--{name} is required")
+        FLAGS.config.get("data")  # A config file loads lazily: make it fail here, if it fails.
+        return remaining
+    except Exception as error:  # noqa: BLE001 (any parse failure is the user's input)
+        _fail(flag_errors.describe(error, argv), "--verbose" in argv)
+    return []
+
+
+def _prepare_workdir(workdir: str) -> None:
+    """Creates the workdir, or raises OSError in one sentence if it is a file or not writable."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"--workdir={workdir} is a file, not a folder.")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise PermissionError(
+            f"--workdir={workdir} cannot be written ({e.strerror}); give a writable folder."
+        ) from None
 
 
 def main(argv):
     del argv
-    from diffax import distributed, evaluate, preemption, train
+    from diffax import distributed, preemption, validation
 
-    distributed.initialize(
-        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-    )
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    logging.get_absl_handler().use_absl_log_file("diffax", FLAGS.workdir)
+    config, workdir = FLAGS.config, FLAGS.workdir
+    try:
+        if FLAGS.num_samples is not None and FLAGS.num_samples < 1:
+            raise ValueError(f"--num_samples={FLAGS.num_samples} must be a positive integer.")
+        _prepare_workdir(workdir)
+        distributed.initialize(
+            FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
+        validation.validate_config(config)
+    except INPUT_ERRORS as e:
+        _fail(str(e), FLAGS.verbose)
+    logging.get_absl_handler().use_absl_log_file("diffax", workdir)
     FLAGS.alsologtostderr = True  # The log file in the workdir, and the console too.
+    from diffax import evaluate, train
+
     try:
         if FLAGS.mode == "train":
-            train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            train.train_and_evaluate(config, workdir)
         elif FLAGS.mode == "eval":
-            evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+            evaluate.evaluate_checkpoint(config, workdir)
         else:
-            evaluate.sample_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.num_samples)
+            evaluate.sample_checkpoint(config, workdir, FLAGS.num_samples)
     except preemption.Preempted as e:
         logging.warning("%s", e)
         sys.exit(preemption.PREEMPTED_EXIT_CODE)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except INPUT_ERRORS as e:
         # One sentence on the console; the traceback goes to the log file in the workdir.
         FLAGS.alsologtostderr = False
         logging.error("Stopped: %s\n%s", e, traceback.format_exc())
-        print(f"diffax: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _fail(str(e), FLAGS.verbose)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

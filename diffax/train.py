@@ -178,29 +178,69 @@ def _progress(total: int, initial: int):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (resuming from the workdir's newest checkpoint), then evaluates; returns eval."""
-    trainer, state, writer = train(config, workdir)
-    return evaluate.evaluate_params(
-        config,
-        workdir,
-        model=trainer.model,
-        process=trainer.process,
-        mesh=trainer.mesh,
-        params=evaluate.eval_params(state, config),
-        step=int(jax.device_get(state.step)),
-        writer=writer,
-    )
+    """Trains (resuming from the workdir's newest checkpoint), then evaluates; returns eval.
+
+    SIGTERM gives Preempted at any moment: saved at the next step while training, at once (the
+    checkpoints intact) while compiling or evaluating.
+    """
+    with preemption.PreemptionGuard() as guard:
+        trainer, state, writer = train(config, workdir, guard=guard)
+        return evaluate.evaluate_params(
+            config,
+            workdir,
+            model=trainer.model,
+            process=trainer.process,
+            mesh=trainer.mesh,
+            params=evaluate.eval_params(state, config),
+            step=int(jax.device_get(state.step)),
+            writer=writer,
+        )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _first_step_at_limit(first: jax.Array, consecutive: jax.Array, step: int, limit: int):
+    """Returns the first step whose run of non-finite updates reached the limit (0: none yet)."""
+    return jnp.where((first == 0) & (consecutive >= limit), step, first)
+
+
+def _check_skips(first_at_limit: jax.Array, limit: int) -> None:
+    """Raises FloatingPointError if a run of `limit` non-finite updates happened (a host sync)."""
+    step = int(jax.device_get(first_at_limit))
+    if step:
+        raise FloatingPointError(
+            f"{limit} consecutive non-finite updates at step {step} "
+            f"(training.max_consecutive_skips={limit}); lower training.learning_rate or check "
+            "the data. No checkpoint was written after them."
+        )
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    devices=None,
+    guard: preemption.PreemptionGuard | None = None,
+):
     """Trains to training.num_steps, resuming from the newest checkpoint.
 
-    Returns (trainer, final state, TensorBoard writer or None); raises Preempted on SIGTERM.
+    Returns (trainer, final state, TensorBoard writer or None); raises Preempted on SIGTERM and
+    FloatingPointError after training.max_consecutive_skips non-finite updates in a row. Every
+    exit waits for the checkpoint being written, so none is left half-saved.
     """
     validation.validate_config(config, None if devices is None else len(devices))
+    if guard is None:
+        with preemption.PreemptionGuard() as own_guard:
+            return train(config, workdir, devices, own_guard)
     trainer = Trainer(config, devices)
+    manager = checkpointing.create_manager(workdir, max_to_keep=config.training.keep_checkpoints)
+    try:
+        return _train_loop(config, workdir, trainer, manager, guard)
+    finally:
+        checkpointing.close(manager)  # Finishes (or cleanly abandons) a save in flight.
+
+
+def _train_loop(config, workdir, trainer, manager, guard):
+    """The loop of `train`, between restoring and the last checkpoint."""
     training = config.training
-    manager = checkpointing.create_manager(workdir, max_to_keep=training.keep_checkpoints)
     restored = checkpointing.restore(manager, trainer.abstract_state)
     if restored is None:
         state, start_step = trainer.init(), 0
@@ -209,65 +249,64 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None):
         state, start_step = restored
         logging.info("Resumed from step %d in %s.", start_step, workdir)
     logging.info("Model parameters: %d", models.count_params(state.params))
-
-    step_fn = trainer.compile(training.batch_size)
+    # The data first: a missing data set or a bad image stops the run before compiling.
     local_batch = sharding.per_process_batch_size(training.batch_size)
     train_iter = input_pipeline.create_train_iterator(
         config.data, local_batch, seed=config.seed, start_batch=start_step
     )
+    step_fn = trainer.compile(training.batch_size)
     writer = summaries.create_writer(workdir)
     grid_size = min(config.eval.num_samples, 100)  # Grids during training: 100 at most.
     generator = generate.Generator(
         config, trainer.model, trainer.process, trainer.mesh, num_samples=grid_size
     )
     bar = _progress(training.num_steps, start_step)
-    guard = preemption.PreemptionGuard()
+    first_at_limit = jnp.zeros((), jnp.int32)
     last_time, last_step = time.time(), start_step
-    for step in range(start_step, training.num_steps):
-        batch = sharding.global_batch(next(train_iter), trainer.mesh)
-        state, metrics = step_fn(state, batch)
-        done = step + 1
-        if bar is not None:
-            bar.update(1)
-        if done % training.log_every == 0 or done == training.num_steps:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.time()
-            metrics["steps_per_sec"] = (done - last_step) / (now - last_time)
-            metrics["images_per_sec"] = metrics["steps_per_sec"] * training.batch_size
-            last_time, last_step = now, done
-            summaries.write_scalars(writer, done, {f"train/{k}": v for k, v in metrics.items()})
-            logging.log_if(
-                logging.INFO,
-                "step %d: loss %.4f mse %.4f vb %.4f | %.1f steps/s %.0f images/s",
-                jax.process_index() == 0,
-                done,
-                metrics["loss"],
-                metrics["mse"],
-                metrics["vb"],
-                metrics["steps_per_sec"],
-                metrics["images_per_sec"],
+    with guard.deferred():
+        for step in range(start_step, training.num_steps):
+            batch = sharding.global_batch(next(train_iter), trainer.mesh)
+            state, metrics = step_fn(state, batch)
+            done = step + 1
+            # Tracked on device every step (no sync), checked at logs and before each save.
+            first_at_limit = _first_step_at_limit(
+                first_at_limit, metrics["consecutive_skips"], done, training.max_consecutive_skips
             )
-            if metrics["consecutive_skips"] >= training.max_consecutive_skips:
-                raise FloatingPointError(
-                    f"{int(metrics['consecutive_skips'])} consecutive non-finite updates at step "
-                    f"{done} (training.max_consecutive_skips={training.max_consecutive_skips}); "
-                    "lower training.learning_rate or check the data."
+            if bar is not None:
+                bar.update(1)
+            if done % training.log_every == 0 or done == training.num_steps:
+                _check_skips(first_at_limit, training.max_consecutive_skips)
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.time()
+                metrics["steps_per_sec"] = (done - last_step) / (now - last_time)
+                metrics["images_per_sec"] = metrics["steps_per_sec"] * training.batch_size
+                last_time, last_step = now, done
+                summaries.write_scalars(writer, done, {f"train/{k}": v for k, v in metrics.items()})
+                logging.log_if(
+                    logging.INFO,
+                    "step %d: loss %.4f mse %.4f vb %.4f | %.1f steps/s %.0f images/s",
+                    jax.process_index() == 0,
+                    done,
+                    metrics["loss"],
+                    metrics["mse"],
+                    metrics["vb"],
+                    metrics["steps_per_sec"],
+                    metrics["images_per_sec"],
                 )
-        stop = guard.should_stop(done)
-        if stop or done % training.checkpoint_every == 0 or done == training.num_steps:
-            checkpointing.save(manager, done, state, config)
-        if stop:
-            manager.wait_until_finished()
-            guard.close()
-            logging.warning("SIGTERM: saved the checkpoint at step %d; exiting.", done)
-            raise preemption.Preempted(done)
-        if training.sample_every and done % training.sample_every == 0:
-            samples = generator.generate(evaluate.eval_params(state, config), grid_size, done)
-            evaluate.save_samples(config, workdir, f"samples_{done:08d}", samples)
-            last_time, last_step = time.time(), done  # Keep sampling out of the steps/s.
+            stop = guard.should_stop(done)
+            if stop or done % training.checkpoint_every == 0 or done == training.num_steps:
+                _check_skips(first_at_limit, training.max_consecutive_skips)
+                checkpointing.save(manager, done, state, config)
+            if stop:
+                manager.wait_until_finished()
+                logging.warning("SIGTERM: saved the checkpoint at step %d; exiting.", done)
+                raise preemption.Preempted(done)
+            if training.sample_every and done % training.sample_every == 0:
+                samples = generator.generate(evaluate.eval_params(state, config), grid_size, done)
+                evaluate.save_samples(config, workdir, f"samples_{done:08d}", samples)
+                last_time, last_step = time.time(), done  # Keep sampling out of the steps/s.
     if bar is not None:
         bar.close()
-    guard.close()
     manager.wait_until_finished()
     if start_step >= training.num_steps:
         logging.info("Training already finished at step %d.", start_step)

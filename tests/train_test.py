@@ -151,6 +151,28 @@ def test_non_finite_batches_are_skipped_and_training_stops_after_the_limit(
         train.train(config, str(tmp_path))
 
 
+def test_a_run_of_skips_between_log_steps_still_stops_before_the_next_checkpoint(
+    tiny_config, tmp_path, monkeypatch
+):
+    """Steps 2-4 are non-finite, then the data recover; logs every 100 steps, saves at 6: the
+    run must stop at the save naming step 4, and write no checkpoint after the damage."""
+    config = tiny_config(
+        num_steps=8, log_every=100, checkpoint_every=6, max_consecutive_skips=3, sample_every=0
+    )
+    real = input_pipeline.create_train_iterator
+
+    def poisoned(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            bad = 1 <= i <= 3
+            yield {**batch, "image": np.full_like(batch["image"], np.nan)} if bad else batch
+
+    monkeypatch.setattr(input_pipeline, "create_train_iterator", poisoned)
+    with pytest.raises(FloatingPointError, match="3 consecutive non-finite updates at step 4"):
+        train.train(config, str(tmp_path))
+    manager = checkpointing.create_manager(str(tmp_path), read_only=True)
+    assert manager.latest_step() is None
+
+
 def test_train_step_compiles_once():
     config = tiny.get_config()
     trainer = train.Trainer(config)

@@ -53,7 +53,7 @@ def _images_under(directory: str) -> list[str]:
 def index_folder(folder: str | None) -> FolderIndex:
     """Returns the folder's images: one class per subfolder (sorted names) or, if flat, label 0."""
     if not folder or not os.path.isdir(folder):
-        raise ValueError(f"Image folder {folder!r} does not exist or is not a directory.")
+        raise ValueError(f"data.folder={folder!r} does not exist or is not a directory.")
     entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
     class_names = tuple(e for e in entries if os.path.isdir(os.path.join(folder, e)))
     paths, labels = [], []
@@ -74,7 +74,7 @@ def index_folder(folder: str | None) -> FolderIndex:
         labels = [0] * len(paths)
     if not paths:
         raise ValueError(
-            f"Image folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), "
+            f"data.folder={folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), "
             "neither at its top level nor in class subfolders."
         )
     return FolderIndex(paths=tuple(paths), labels=tuple(labels), class_names=class_names)
@@ -94,7 +94,18 @@ def center_crop_resize(image: Image.Image, image_size: int) -> Image.Image:
 
 
 class _WrongSize(ValueError):
-    """An image of another size where resizing is off."""
+    """An image diffax does not convert: another size where resizing is off, or wide pixels."""
+
+
+# PIL modes of more than 8 bits per channel: converting them to "L" or "RGB" would clip.
+_WIDE_MODES = {
+    "I;16": "16-bit",
+    "I;16B": "16-bit",
+    "I;16L": "16-bit",
+    "I;16N": "16-bit",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+}
 
 
 def load_image(path: str, image_size: int, num_channels: int, resize: bool = True) -> np.ndarray:
@@ -111,6 +122,11 @@ def load_image(path: str, image_size: int, num_channels: int, resize: bool = Tru
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode in _WIDE_MODES:
+                raise _WrongSize(
+                    f"Image file {path} has {_WIDE_MODES[image.mode]} pixels (PIL mode "
+                    f"{image.mode}); diffax reads 8-bit images: convert it to 8 bits per channel."
+                )
             image = ImageOps.exif_transpose(image)  # Camera JPEGs store their rotation in EXIF.
             if image.mode == "P":
                 image = image.convert("RGBA")  # Resolve the palette (and its transparency) first.

@@ -1,0 +1,246 @@
+"""Every wrong input a user can type gets one sentence: a table of real `diffax.main` runs.
+
+Each case asserts exit status 1, that stderr's last line is one `diffax: error:` sentence naming
+the field, flag or path, that no traceback reaches the console, and that no existing file of the
+workdir (checkpoints, eval files, samples; the logs aside) was changed or deleted.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(devices: int = 1) -> dict:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _run(args, devices: int = 1, config: str | None = "configs/tiny.py"):
+    command = [sys.executable, "-m", "diffax.main"]
+    if config:
+        command.append(f"--config={config}")
+    return subprocess.run(
+        command + list(args),
+        cwd=ROOT,
+        env=_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _snapshot(folder: str) -> dict[str, str]:
+    """Returns {relative path: sha256} of every file under folder except the logs."""
+    hashes = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith("diffax.") or ".INFO" in name or ".WARNING" in name:
+                continue  # absl log files and their links: new ones are expected.
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                hashes[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return hashes
+
+
+def _assert_one_sentence(done, *names):
+    assert done.returncode == 1, (done.returncode, done.stderr[-3000:])
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("diffax: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    for name in names:
+        assert name in errors[0], (name, errors[0])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """One tiny run trained for 2 steps, shared by the cases that need a checkpoint."""
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    done = _run(
+        [
+            f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}",
+            "--config.training.num_steps=2",
+            "--config.eval.num_bpd_examples=8",
+            "--config.eval.quality_metrics=False",
+        ]
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
+# (case id, extra arguments, names the sentence must contain). Each runs on a new workdir.
+CONFIG_CASES = [
+    ("misspelled-field", ["--config.training.batchsize=8"], ["batchsize", "batch_size"]),
+    ("wrong-type", ["--config.training.batch_size=abc"], ["training.batch_size", "integer"]),
+    ("zero-batch", ["--config.training.batch_size=0"], ["training.batch_size"]),
+    ("negative-rate", ["--config.training.learning_rate=-1e-3"], ["training.learning_rate"]),
+    ("zero-steps", ["--config.training.num_steps=0"], ["training.num_steps"]),
+    ("zero-timesteps", ["--config.diffusion.num_timesteps=0"], ["diffusion.num_timesteps"]),
+    ("schedule", ["--config.diffusion.schedule=sigmoid"], ["diffusion.schedule", "cosine"]),
+    ("mean", ["--config.diffusion.mean_type=score"], ["diffusion.mean_type", "eps"]),
+    ("var", ["--config.diffusion.var_type=fixed_tiny"], ["diffusion.var_type"]),
+    ("loss", ["--config.diffusion.loss_type=l1"], ["diffusion.loss_type", "hybrid"]),
+    ("sampler", ["--config.eval.sampler=rk45"], ["eval.sampler", "dpmpp_2m"]),
+    (
+        "solver-order",
+        ["--config.eval.sampler=dpmpp_3m", "--config.eval.solver_order=4"],
+        ["eval.solver_order"],
+    ),
+    ("hybrid-fixed", ["--config.diffusion.var_type=fixed_large"], ["diffusion.loss_type"]),
+    ("image-size", ["--config.data.image_size=9"], ["data.image_size"]),
+    ("attention", ["--config.model.attention_resolutions=(3,)"], ["model.attention_resolutions"]),
+    ("ema-rate", ["--config.training.ema_rates=(1.5,)"], ["training.ema_rates"]),
+    ("model-name", ["--config.model.name=transformer"], ["model.name", "unet"]),
+    (
+        "guidance-unconditional",
+        ["--config.model.class_cond=False", "--config.eval.guidance_scale=2.0"],
+        ["eval.guidance_scale"],
+    ),
+    ("mode", ["--mode=fit"], ["--mode", "train"]),
+    ("unknown-flag", ["--num_steps=5"], ["--num_steps"]),
+    ("num-samples-zero", ["--mode=sample", "--num_samples=0"], ["--num_samples"]),
+    ("num-samples-negative", ["--mode=sample", "--num_samples=-3"], ["--num_samples"]),
+    ("no-checkpoint", ["--mode=eval"], ["No checkpoint"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "names"), [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES]
+)
+def test_bad_config_or_flag_gets_one_sentence(tmp_path, data_dir, args, names):
+    workdir = tmp_path / "run"
+    done = _run([f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *args])
+    _assert_one_sentence(done, *names)
+
+
+def test_batch_that_does_not_split_over_the_devices(tmp_path):
+    done = _run([f"--workdir={tmp_path}", "--config.training.batch_size=12"], devices=8)
+    _assert_one_sentence(done, "training.batch_size=12", "8 devices")
+
+
+def test_missing_config_or_workdir(tmp_path):
+    _assert_one_sentence(_run([], config="configs/tiny.py"), "--workdir")
+    _assert_one_sentence(_run([f"--workdir={tmp_path}"], config=None), "--config")
+
+
+def test_config_file_that_does_not_exist_or_does_not_parse(tmp_path):
+    missing = _run([f"--workdir={tmp_path}"], config="configs/tiny_typo.py")
+    _assert_one_sentence(missing, "configs/tiny_typo.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n    pass\n")
+    _assert_one_sentence(_run([f"--workdir={tmp_path}"], config=str(broken)), str(broken), "parse")
+
+
+def test_workdir_that_is_a_file(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("keep me")
+    _assert_one_sentence(_run([f"--workdir={path}"]), str(path), "file")
+    assert path.read_text() == "keep me"
+
+
+def test_read_only_workdir_loses_nothing(tmp_path, trained):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    copy = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)])
+    if copy.returncode != 0:
+        pytest.skip("mounting a tmpfs (to make a read-only folder as root) is not permitted here")
+    try:
+        subprocess.run(["cp", "-a", f"{trained}/.", str(mount)], check=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        before = _snapshot(str(mount))
+        for mode in ("train", "eval"):
+            _assert_one_sentence(_run([f"--workdir={mount}", f"--mode={mode}"]), str(mount))
+        assert _snapshot(str(mount)) == before
+    finally:
+        subprocess.run(["umount", str(mount)])
+
+
+def test_checkpoint_of_another_model_width_is_refused_and_kept(trained, data_dir):
+    before = _snapshot(trained)
+    other = ["--config.model.ch=64", "--config.model.num_head_channels=64"]
+    for mode in ("train", "eval", "sample"):
+        done = _run([f"--workdir={trained}", f"--config.data.data_dir={data_dir}", *other])
+        _assert_one_sentence(done, "does not fit this config", "params/")
+        del mode
+    assert _snapshot(trained) == before
+
+
+def test_num_samples_zero_on_a_trained_run_writes_nothing(trained):
+    before = _snapshot(trained)
+    _assert_one_sentence(_run([f"--workdir={trained}", "--mode=sample", "--num_samples=0"]))
+    assert _snapshot(trained) == before
+
+
+def _png(path, array):
+    Image.fromarray(array).save(path)
+
+
+def _folder_case(tmp_path, kind: str) -> str:
+    """Writes an image folder of the given defect; returns its path."""
+    folder = tmp_path / kind
+    folder.mkdir()
+    good = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+    if kind == "empty":
+        return str(folder)
+    if kind == "text-only":
+        (folder / "notes.txt").write_text("not an image")
+    elif kind == "corrupt":
+        _png(folder / "a.png", good)
+        (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    elif kind == "16-bit":
+        _png(folder / "a.png", good.astype(np.uint16) * 257)  # PIL mode I;16
+    elif kind == "mixed-sizes":
+        _png(folder / "a.png", good)
+        _png(folder / "b.png", np.zeros((12, 12), np.uint8))
+    return str(folder)
+
+
+FOLDER_CASES = [
+    ("missing", [], ["data.folder", "missing"]),
+    ("empty", [], ["empty", "no images"]),
+    ("text-only", [], ["text-only", "no images"]),
+    ("corrupt", [], ["b.png"]),
+    ("16-bit", [], ["a.png", "16-bit"]),
+    ("mixed-sizes", ["--config.data.resize_images=False"], ["b.png", "12x12"]),
+]
+
+
+@pytest.mark.parametrize(("kind", "args", "names"), FOLDER_CASES, ids=[c[0] for c in FOLDER_CASES])
+def test_bad_image_folder_gets_one_sentence(tmp_path, kind, args, names):
+    folder = str(tmp_path / "missing") if kind == "missing" else _folder_case(tmp_path, kind)
+    done = _run(
+        [
+            f"--workdir={tmp_path / 'run'}",
+            "--config.data.dataset=image_folder",
+            f"--config.data.folder={folder}",
+            "--config.data.num_levels=256",
+            "--config.data.num_classes=0",
+            "--config.model.class_cond=False",
+            "--config.eval.guidance_scale=0",
+            *args,
+        ]
+    )
+    _assert_one_sentence(done, *[n.replace("missing", folder) for n in names])
+
+
+def test_tfds_dataset_not_prepared(tmp_path):
+    done = _run(
+        [
+            f"--workdir={tmp_path / 'run'}",
+            "--config.data.dataset=mnist",
+            f"--config.data.data_dir={tmp_path / 'empty_tfds'}",
+            "--config.data.num_levels=256",
+        ]
+    )
+    _assert_one_sentence(done, "mnist", "not prepared", "tfds build")
