@@ -51,6 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
     model.class_cond = False  # Conditions on data labels (needs data.num_classes > 0).
     model.dtype = "float32"  # Compute dtype: "bfloat16" on accelerators; params stay float32.
     model.remat = False  # Activation checkpointing of the residual and attention blocks.
+    # DiT (model.name = "dit"; Peebles & Xie 2023) also reads num_heads, class_cond, dtype, remat.
+    model.patch_size = 2  # DiT: side of the square patches that become tokens; divides image_size.
+    model.hidden_size = 384  # DiT: token width D (DiT-S; a multiple of 4 and of num_heads).
+    model.depth = 12  # DiT: number of transformer blocks.
+    model.mlp_ratio = 4.0  # DiT: MLP hidden width as a multiple of hidden_size.
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
     diffusion.schedule = "linear"  # Beta schedule: "linear" or "cosine".

@@ -16,7 +16,7 @@ import optax
 
 from diffax import diffusion, schedules, sharding
 from diffax import timestep_sampler as timestep_sampler_lib
-from diffax.models import unet
+from diffax.models import dit, unet
 from diffax.train_state import TrainState
 
 
@@ -40,8 +40,27 @@ def _unet(config: ml_collections.ConfigDict, out_channels: int) -> unet.UNet:
     )
 
 
+def _dit(config: ml_collections.ConfigDict, out_channels: int) -> dit.DiT:
+    """Translates config.model into the Diffusion Transformer's explicit hyperparameters."""
+    m = config.model
+    return dit.DiT(
+        out_channels=out_channels,
+        patch_size=m.patch_size,
+        hidden_size=m.hidden_size,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        mlp_ratio=m.mlp_ratio,
+        num_classes=config.data.num_classes if m.class_cond else 0,
+        dtype=jnp.dtype(m.dtype),
+        remat=m.remat,
+    )
+
+
 # config.model.name -> fn(config, out_channels) returning the flax module.
-MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {"unet": _unet}
+MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
+    "unet": _unet,
+    "dit": _dit,
+}
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:

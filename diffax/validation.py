@@ -9,7 +9,7 @@ import jax
 import ml_collections
 
 from diffax import build, diffusion, generate, schedules, sharding, solvers, timestep_sampler
-from diffax.models import layers, unet
+from diffax.models import dit, layers, unet
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -100,12 +100,32 @@ def _validate_unet(config: ml_collections.ConfigDict) -> None:
             ) from None
 
 
+def _validate_dit(config: ml_collections.ConfigDict) -> None:
+    m, data = config.model, config.data
+    _positive_int(m.patch_size, "model.patch_size")
+    _positive_int(m.hidden_size, "model.hidden_size")
+    _positive_int(m.num_heads, "model.num_heads")
+    _positive_int(m.depth, "model.depth")
+    try:
+        dit.check_patch_size(m.patch_size, data.image_size, data.image_size)
+        dit.check_hidden_size(m.hidden_size, m.num_heads)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _number(m.mlp_ratio, "model.mlp_ratio", 0.0, float("inf"), high_open=True)
+    if int(m.hidden_size * m.mlp_ratio) < 1:
+        raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} must give an MLP at least 1 unit wide.")
+    if m.dropout:
+        raise ConfigError(f"model.dropout={m.dropout!r} must be 0 for DiT, which has no dropout.")
+
+
 def _validate_model(config: ml_collections.ConfigDict) -> None:
     m, data = config.model, config.data
     _choice(m.name, "model.name", tuple(build.MODELS))
     _positive_int(data.image_size, "data.image_size")
     if m.name == "unet":
         _validate_unet(config)
+    elif m.name == "dit":
+        _validate_dit(config)
     _choice(m.dtype, "model.dtype", DTYPES)
     _number(m.dropout, "model.dropout", 0.0, 1.0, high_open=True)
     _positive_int(data.num_classes, "data.num_classes", allow_zero=True)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from diffax import models
-from diffax.models import layers
+from diffax.models import dit, layers
 
 TRAIN_STEP_MULTIPLIER = 3  # forward + backward (gradients w.r.t. activations and weights)
 
@@ -55,6 +55,9 @@ def _count_interceptor(counts: dict[str, int]):
             batch, height, width, channels = args[0].shape
             heads = layers.attention_heads(channels, module.num_heads, module.num_head_channels)
             counts["attention"] += attention_macs(batch, height * width, channels, heads)
+        elif isinstance(module, dit.SelfAttention):
+            batch, length, hidden = args[0].shape
+            counts["attention"] += attention_macs(batch, length, hidden, module.num_heads)
         return out
 
     return interceptor
