@@ -102,9 +102,15 @@ def get_config() -> ml_collections.ConfigDict:
     ev.sample_spacing = "logsnr"
     ev.solver_order = 0  # dpmpp_* / unipc order (1-3); 0 takes the sampler's own (2M: 2, 3M: 3).
     ev.ddim_eta = 0.0  # DDIM eta: 0 is deterministic, 1 matches DDPM's variance.
-    ev.guidance_scale = 0.0  # Classifier-free guidance w; 0 samples the conditional model.
+    # Classifier-free guidance w: 0 samples the conditional model, -1 the unconditional one (the
+    # null class), w > 0 guides as (1 + w) cond - w uncond (Ho & Salimans 2022).
+    ev.guidance_scale = 0.0
+    ev.classifier_scale = 0.0  # Classifier guidance s (Dhariwal & Nichol 2021); 0 is off.
+    ev.classifier_workdir = _unset()  # Workdir of a trained noisy classifier (for s > 0).
     ev.clip_denoised = True  # Clip predicted x0 to [-1, 1] while sampling.
     ev.use_ema = True  # Evaluate the EMA parameters (the first rate).
+    ev.chain_frames = 20  # --mode=sample: frames of the reverse-chain animation; 0 writes none.
+    ev.chain_samples = 10  # --mode=sample: samples shown in the animation.
     ev.quality_metrics = True  # Digits: Fréchet distance + class accuracy; else FID/IS/PR.
     ev.classifier_path = _unset()  # Digits classifier; unset: trained into the workdir.
     ev.inception_weights = _unset()  # FID Inception .npz; unset skips FID/IS/PR.

@@ -16,6 +16,7 @@ import optax
 
 from diffax import diffusion, schedules, sharding
 from diffax import timestep_sampler as timestep_sampler_lib
+from diffax.models import classifier as classifier_model
 from diffax.models import dit, unet
 from diffax.train_state import TrainState
 
@@ -56,11 +57,42 @@ def _dit(config: ml_collections.ConfigDict, out_channels: int) -> dit.DiT:
     )
 
 
+def _noisy_classifier(
+    config: ml_collections.ConfigDict, out_channels: int
+) -> classifier_model.NoisyClassifier:
+    """Translates config.model into the noisy classifier's hyperparameters (data.num_classes
+    logits; out_channels is unused: a classifier outputs no image)."""
+    del out_channels
+    m = config.model
+    return classifier_model.NoisyClassifier(
+        num_classes=config.data.num_classes,
+        ch=m.ch,
+        channel_mult=tuple(m.channel_mult),
+        num_res_blocks=m.num_res_blocks,
+        attention_resolutions=tuple(m.attention_resolutions),
+        num_heads=m.num_heads,
+        num_head_channels=m.num_head_channels,
+        dropout=m.dropout,
+        resblock_updown=m.resblock_updown,
+        use_scale_shift_norm=m.use_scale_shift_norm,
+        dtype=jnp.dtype(m.dtype),
+        remat=m.remat,
+    )
+
+
 # config.model.name -> fn(config, out_channels) returning the flax module.
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
     "unet": _unet,
     "dit": _dit,
+    "noisy_classifier": _noisy_classifier,
 }
+# Models that are not denoisers: trained on noised inputs to predict labels (classifier guidance).
+CLASSIFIERS = ("noisy_classifier",)
+
+
+def is_classifier(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether the config trains a noisy classifier instead of a diffusion model."""
+    return config.model.name in CLASSIFIERS
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:

@@ -677,3 +677,12 @@ def restore(
             candidate,
         )
     return state, candidate
+
+
+def saved_config(manager: ocp.CheckpointManager) -> dict | None:
+    """Returns the config saved with the newest checkpoint as a plain dict, or None if none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    restored = manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+    return restored[CONFIG]

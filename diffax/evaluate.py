@@ -41,6 +41,11 @@ def restore_eval_params(
 ) -> tuple[Any, int]:
     """Returns (eval parameters, step) of the workdir's newest checkpoint; a clear error if none."""
     model = build.create_model(config)
+    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+        raise FileNotFoundError(
+            f"No checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first with "
+            "--mode=train, or point --workdir at a trained run."
+        )
     abstract, _ = build.abstract_state(config, model, build.create_optimizer(config), mesh)
     manager = checkpointing.create_manager(workdir, read_only=True)
     try:
@@ -54,6 +59,105 @@ def restore_eval_params(
         )
     state, step = restored
     return eval_params(state, config), step
+
+
+def restore_classifier(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[Any, Any]:
+    """Returns (noisy classifier model, its eval parameters) from eval.classifier_workdir.
+
+    The classifier's own config is read from its checkpoint; its diffusion process must be the
+    sampled model's (the guidance is evaluated at the same timesteps).
+    """
+    workdir = config.eval.classifier_workdir
+    manager = checkpointing.create_manager(workdir, read_only=True)
+    try:
+        saved = (
+            checkpointing.saved_config(manager)
+            if os.path.isdir(checkpointing.checkpoint_dir(workdir))
+            else None
+        )
+    finally:
+        checkpointing.close(manager)
+    if saved is None:
+        raise FileNotFoundError(
+            f"eval.classifier_workdir={workdir!r} holds no checkpoint: train a noisy classifier "
+            "there first (e.g. --config=configs/digits_classifier.py)."
+        )
+    classifier_config = ml_collections.ConfigDict(saved)
+    if not build.is_classifier(classifier_config):
+        raise ValueError(
+            f"eval.classifier_workdir={workdir!r} holds a {classifier_config.model.name!r} "
+            f"model, not one of {', '.join(build.CLASSIFIERS)}."
+        )
+    ours, theirs = config.diffusion, classifier_config.diffusion
+    for field in ("schedule", "num_timesteps"):
+        if ours[field] != theirs[field]:
+            raise ValueError(
+                f"eval.classifier_workdir={workdir!r}: the classifier was trained with "
+                f"diffusion.{field}={theirs[field]!r}, this model with {ours[field]!r}."
+            )
+    params, _ = restore_eval_params(classifier_config, workdir, mesh)
+    return build.create_model(classifier_config), params
+
+
+def _guidance_classifier(config: ml_collections.ConfigDict, mesh) -> tuple[Any, Any] | None:
+    """Returns (classifier model, params) when eval.classifier_scale asks for guidance."""
+    return restore_classifier(config, mesh) if config.eval.classifier_scale else None
+
+
+def evaluate_classifier(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    model,
+    process: diffusion.GaussianDiffusion,
+    mesh: jax.sharding.Mesh,
+    params: Any,
+    step: int,
+    writer=None,
+) -> dict[str, Any]:
+    """Writes eval_<step>.json with a noisy classifier's eval-split accuracy at t = 0, T/4, T/2,
+    3T/4 (x_t drawn once per t with a fixed key)."""
+    from diffax import classifier
+
+    num_timesteps = process.num_timesteps
+    timesteps = [0, num_timesteps // 4, num_timesteps // 2, 3 * num_timesteps // 4]
+
+    @jax.jit
+    def correct(params, batch, key):
+        out = {}
+        for t_value in timesteps:
+            t = jnp.full(batch["label"].shape, t_value, jnp.int32)
+            noise = jax.random.normal(jax.random.fold_in(key, t_value), batch["image"].shape)
+            logits_fn = models.model_fn(model, params)
+            terms = classifier.classifier_loss(
+                process, logits_fn, batch["image"], batch["label"], t, noise
+            )
+            out[t_value] = jnp.sum(terms["accuracy"] * batch["mask"])
+        return out, jnp.sum(batch["mask"])
+
+    local = sharding.per_process_batch_size(config.eval.batch_size, "eval.batch_size")
+    totals, count = {t: 0.0 for t in timesteps}, 0.0
+    data = input_pipeline.create_eval_iterator(
+        config.data, local, num_examples=config.eval.num_bpd_examples
+    )
+    for i, batch in enumerate(data):
+        hits, n = correct(params, sharding.global_batch(batch, mesh), jax.random.PRNGKey(i))
+        hits, n = jax.device_get((hits, n))
+        totals = {t: totals[t] + float(hits[t]) for t in timesteps}
+        count += float(n)
+    results: dict[str, Any] = {"step": step, "params": "ema" if config.eval.use_ema else "raw"}
+    results.update({f"test/accuracy_t{t}": totals[t] / count for t in timesteps})
+    results["test/num_examples"] = int(count)
+    scalars = {k: v for k, v in results.items() if k.startswith("test/")}
+    _check_finite(scalars, step)
+    summaries.write_scalars(writer, step, scalars)
+    if jax.process_index() == 0:
+        path = epath.Path(workdir) / f"eval_{step:08d}.json"
+        path.write_text(json.dumps(results, indent=2))
+        logging.info("Eval at step %d: %s (written to %s)", step, results, path)
+    return results
 
 
 def _bpd_sums(params, batch, key, *, model, process, num_levels, null_label):
@@ -155,7 +259,9 @@ def evaluate_params(
         # p(x|y) for the true labels; test/bpd above is p(x) through the learned null class.
         results["test/bpd_conditional"] = evaluate_bpd(*args, conditional=True)["bpd"]
     _check_finite({k: v for k, v in results.items() if k.startswith("test/")}, step)
-    generator = generate.Generator(config, model, process, mesh)
+    generator = generate.Generator(
+        config, model, process, mesh, classifier=_guidance_classifier(config, mesh)
+    )
     samples = generator.generate(params, config.eval.num_samples, seed=step)
     if not np.all(np.isfinite(samples)):
         raise FloatingPointError(
@@ -196,6 +302,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     validation.validate_config(config)
     mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
     params, step = restore_eval_params(config, workdir, mesh)
+    if build.is_classifier(config):
+        return evaluate_classifier(
+            config,
+            workdir,
+            model=build.create_model(config),
+            process=build.create_process(config),
+            mesh=mesh,
+            params=params,
+            step=step,
+            writer=summaries.create_writer(workdir),
+        )
     return evaluate_params(
         config,
         workdir,
@@ -213,18 +330,32 @@ def sample_checkpoint(
 ) -> str:
     """Restores the newest checkpoint and writes num_samples samples as a PNG grid and .npz."""
     validation.validate_config(config)
+    if build.is_classifier(config):
+        raise ValueError(
+            f"--mode=sample: model.name={config.model.name!r} is a classifier, which draws no "
+            "samples; sample from a diffusion model (eval.classifier_workdir guides it)."
+        )
     mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
     params, step = restore_eval_params(config, workdir, mesh)
     num_samples = num_samples or config.eval.num_samples
     model, process = build.create_model(config), build.create_process(config)
-    generator = generate.Generator(config, model, process, mesh, num_samples=num_samples)
-    samples = generator.generate(params, num_samples, seed=step + 1)
-    path = save_samples(
+    generator = generate.Generator(
         config,
-        workdir,
-        f"samples_{step:08d}_n{num_samples}",
-        samples,
-        generator.labels(num_samples),
+        model,
+        process,
+        mesh,
+        num_samples=num_samples,
+        classifier=_guidance_classifier(config, mesh),
     )
+    frames = config.eval.chain_frames
+    samples, chain = generator.generate_with_chain(params, num_samples, step + 1, frames)
+    name = f"samples_{step:08d}_n{num_samples}"
+    path = save_samples(config, workdir, name, samples, generator.labels(num_samples))
     logging.info("Wrote %d samples to %s", num_samples, path)
+    if chain is not None and jax.process_index() == 0:
+        shown = chain[:, : config.eval.chain_samples]
+        gif, strip = images.save_chain(workdir, name + "_chain", shown, config.data.num_levels)
+        logging.info(
+            "Wrote the reverse chain of %d samples to %s and %s", shown.shape[1], gif, strip
+        )
     return path

@@ -6,6 +6,9 @@ batches of eval.batch_size (or fewer when fewer are wanted). Class-conditional m
 eval.guidance_scale > 0.
 """
 
+import functools
+from collections.abc import Callable
+
 import jax
 import ml_collections
 import numpy as np
@@ -65,10 +68,14 @@ class Generator:
         process: diffusion.GaussianDiffusion,
         mesh: Mesh,
         num_samples: int | None = None,
+        classifier: tuple | None = None,
     ):
         self.config = config
         self.model = model
         self.num_classes = getattr(model, "num_classes", 0)
+        # (noisy classifier model, params) for classifier guidance at eval.classifier_scale.
+        self.classifier_model, self.classifier_params = classifier or (None, None)
+        self.label_classes = self.num_classes or getattr(self.classifier_model, "num_classes", 0)
         self.mesh = mesh
         if config.eval.sampler in CHAIN_SAMPLERS:
             self.process, self.grid = sampling_process(config, process), None
@@ -89,9 +96,13 @@ class Generator:
             config.data.num_channels,
         )
         self._sample = jax.jit(self._sample_batch, out_shardings=sharding.batch_sharding(mesh))
+        self._chains: dict[int, Callable] = {}  # return_every -> jitted sampler with the chain.
 
-    def _sample_batch(self, params, key: jax.Array, labels: jax.Array) -> jax.Array:
-        """Returns one batch of samples in [-1, 1]: [B, H, W, C]."""
+    def _sample_batch(
+        self, params, key: jax.Array, labels: jax.Array, classifier_params=None, return_every=0
+    ):
+        """Returns one batch of samples in [-1, 1]: [B, H, W, C]; with return_every = k > 0 also
+        the chain, every k-th step's x [steps // k, B, H, W, C] from the same scan."""
         ev, model = self.config.eval, self.model
         if self.num_classes and ev.guidance_scale:
             conditional = lambda x, t, y: models.model_fn(model, params, y)(x, t)
@@ -100,6 +111,14 @@ class Generator:
             )
         else:
             model_fn = models.model_fn(model, params, labels)
+        guidance_fn, scale = None, 0.0
+        if self.classifier_model is not None and ev.classifier_scale:
+            from diffax import classifier
+
+            guidance_fn = classifier.guidance_fn(self.classifier_model, classifier_params, labels)
+            scale = ev.classifier_scale
+            if ev.sampler == "ddim":  # The eps shift (Dhariwal & Nichol, Algorithm 2).
+                model_fn = classifier.guided_model_fn(model_fn, guidance_fn, self.process, scale)
         if self.grid is not None:
             denoise_fn = solvers.denoiser(
                 model_fn,
@@ -107,9 +126,17 @@ class Generator:
                 self.process.mean_type,
                 self.process.learn_sigma,
                 clip_denoised=ev.clip_denoised,
+                guidance_fn=guidance_fn,
+                guidance_scale=scale,
             )
             out = solvers.sample(
-                ev.sampler, denoise_fn, self.grid, self.shape, key, **solver_options(self.config)
+                ev.sampler,
+                denoise_fn,
+                self.grid,
+                self.shape,
+                key,
+                return_every=return_every,
+                **solver_options(self.config),
             )
             self.nfe = out["nfe"]
         elif ev.sampler == "ddim":
@@ -120,34 +147,71 @@ class Generator:
                 key,
                 eta=ev.ddim_eta,
                 clip_denoised=ev.clip_denoised,
+                return_every=return_every,
             )
         else:
-            out = sampling.ddpm_sample(
-                self.process, model_fn, self.shape, key, clip_denoised=ev.clip_denoised
+            out = sampling.ddpm_sample(  # The mean shift s Sigma grad (Algorithm 1).
+                self.process,
+                model_fn,
+                self.shape,
+                key,
+                clip_denoised=ev.clip_denoised,
+                return_every=return_every,
+                guidance_fn=guidance_fn,
+                guidance_scale=scale,
             )
         if self.grid is None:
             self.nfe = self.num_steps
+        if return_every:
+            return out["sample"], out["intermediates"]
         return out["sample"]
 
     @property
     def forward_passes_per_sample(self) -> int:
         """Returns network evaluations per image: model calls, x2 with classifier-free guidance."""
         calls = self.nfe if self.nfe is not None else self.num_steps
-        return calls * (2 if self.num_classes and self.config.eval.guidance_scale else 1)
+        calls *= 2 if self.num_classes and self.config.eval.guidance_scale else 1
+        # A classifier gradient costs about a forward and a backward of the (smaller) classifier.
+        return calls
 
     def labels(self, num_samples: int) -> np.ndarray:
         """Returns the class each of num_samples samples is drawn for."""
-        return sample_labels(num_samples, self.num_classes)
+        return sample_labels(num_samples, self.label_classes)
 
     def generate(self, params, num_samples: int, seed: int = 0) -> np.ndarray:
         """Returns num_samples images in [-1, 1] as float32 numpy [N, H, W, C]."""
+        return self.generate_with_chain(params, num_samples, seed)[0]
+
+    def generate_with_chain(
+        self, params, num_samples: int, seed: int = 0, chain_frames: int = 0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Returns (images [N, H, W, C], chain [F + 1, n, H, W, C] or None) in [-1, 1].
+
+        With chain_frames = F > 0 the first batch's sampler also returns x every steps // F
+        steps (the same scan that draws the images, not a second run): the chain of its n
+        samples, the final images last. The images are those generate() returns.
+        """
         labels = self.labels(num_samples)
-        batches = []
+        batches, chain = [], None
         for i in range(0, num_samples, self.batch_size):
             chunk = labels[i : i + self.batch_size]
             padded = np.resize(chunk, self.batch_size)  # Same shape every call: one compile.
             key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
             global_labels = jax.device_put(padded, sharding.batch_sharding(self.mesh))
-            images = sharding.to_host(self._sample(params, key, global_labels))
+            if chain_frames and i == 0:
+                every = max(1, self.num_steps // chain_frames)
+                if every not in self._chains:
+                    self._chains[every] = jax.jit(
+                        functools.partial(self._sample_batch, return_every=every)
+                    )
+                batch, steps = self._chains[every](
+                    params, key, global_labels, self.classifier_params
+                )
+                images = sharding.to_host(batch)
+                chain = np.concatenate([sharding.to_host(steps), images[None]])[:, : len(chunk)]
+            else:
+                images = sharding.to_host(
+                    self._sample(params, key, global_labels, self.classifier_params)
+                )
             batches.append(images[: len(chunk)])
-        return np.concatenate(batches)[:num_samples]
+        return np.concatenate(batches)[:num_samples], chain

@@ -129,3 +129,25 @@ def read_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     if images.ndim != 4 or images.shape[0] < 2:
         raise ValueError(f"{path!r}: images must be [N, H, W, C] with N >= 2, got {images.shape}")
     return np.clip(images, -1.0, 1.0).astype(np.float32), labels
+
+
+def save_chain(
+    directory: str, name: str, chain: np.ndarray, num_levels: int, frame_ms: int = 120
+) -> tuple[str, str]:
+    """Writes the reverse chain [F, N, H, W, C] in [-1, 1] as `name`.gif (one frame a step, the N
+    samples side by side) and `name`.png (a strip: a row per sample, a column per step)."""
+    frames, num = chain.shape[:2]
+    scale = max(1, 64 // chain.shape[2])
+    grids = [image_grid(chain[f], num_levels, num, scale) for f in range(frames)]
+    pictures = [grid[..., 0] if grid.shape[-1] == 1 else grid for grid in grids]
+    from PIL import Image
+
+    gif = os.path.join(directory, name + ".gif")
+    first, *rest = [Image.fromarray(p) for p in pictures]
+    # Hold the last frame (the samples) three times as long.
+    durations = [frame_ms] * (frames - 1) + [frame_ms * 3]
+    first.save(gif, save_all=True, append_images=rest, duration=durations, loop=0)
+    strip = chain.transpose(1, 0, 2, 3, 4).reshape((num * frames, *chain.shape[2:]))
+    png = os.path.join(directory, name + ".png")
+    save_png(png, image_grid(strip, num_levels, frames, scale))
+    return gif, png

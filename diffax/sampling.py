@@ -19,6 +19,14 @@ from diffax.diffusion import (
     predict_eps_from_x0,
 )
 
+# (x_t [B, H, W, C], original-process timesteps [B]) -> grad_x log p(y | x_t) [B, H, W, C].
+GuidanceFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _is_static_zero(value) -> bool:
+    """Returns whether value is a Python number equal to 0 (known when tracing)."""
+    return isinstance(value, int | float) and value == 0
+
 
 def _model_output(d: GaussianDiffusion, model_fn: ModelFn, x_t: jax.Array, t: jax.Array):
     """Returns the model output at process step t, calling the model with original timesteps."""
@@ -43,9 +51,19 @@ def p_sample(
     t: jax.Array,
     noise: jax.Array,
     clip_denoised: bool = True,
+    guidance_fn: GuidanceFn | None = None,
+    guidance_scale: float = 0.0,
 ) -> dict[str, jax.Array]:
-    """Returns {"sample": x_{t-1}, "pred_x0"} of one ancestral step; t [B]; no noise at t == 0."""
+    """Returns {"sample": x_{t-1}, "pred_x0"} of one ancestral step; t [B]; no noise at t == 0.
+
+    With guidance_fn(x_t, timesteps) -> grad_x log p(y | x_t) (e.g. a noisy classifier's), the
+    mean moves by guidance_scale * Sigma * grad (Dhariwal & Nichol 2021, Algorithm 1); a Python
+    0 scale (or no guidance_fn) is the unguided step exactly.
+    """
     out = p_mean_variance(d, _model_output(d, model_fn, x_t, t), x_t, t, clip_denoised)
+    if guidance_fn is not None and not _is_static_zero(guidance_scale):
+        grad = guidance_fn(x_t, d.timestep_map[t])
+        out = {**out, "mean": out["mean"] + guidance_scale * out["variance"] * grad}
     # The last step (t = 0) returns the mean: Ho et al. 2020, Algorithm 2, line 4 (z = 0 if t = 1).
     nonzero = _nonzero_mask(t, x_t)  # [B, 1, 1, 1]
     sample = out["mean"] + nonzero * jnp.exp(0.5 * out["log_variance"]) * noise  # [B, H, W, C]
@@ -137,6 +155,8 @@ def ddpm_sample(
     clip_denoised: bool = True,
     return_every: int = 0,
     noise: jax.Array | None = None,
+    guidance_fn: GuidanceFn | None = None,
+    guidance_scale: float = 0.0,
 ) -> dict[str, jax.Array]:
     """Returns {"sample": x_0 [B, H, W, C]} (+ "intermediates" [T // k, B, H, W, C]) by DDPM.
 
@@ -149,7 +169,9 @@ def ddpm_sample(
     def step(x, t):
         t_batch = jnp.full((shape[0],), t, jnp.int32)  # [B]
         z = jax.random.normal(jax.random.fold_in(step_key, t), shape, x.dtype)
-        return p_sample(d, model_fn, x, t_batch, z, clip_denoised)["sample"]
+        return p_sample(d, model_fn, x, t_batch, z, clip_denoised, guidance_fn, guidance_scale)[
+            "sample"
+        ]
 
     return _scan_steps(step, x_init, _descending_timesteps(d), return_every)
 

@@ -16,6 +16,7 @@ from absl import logging
 from diffax import (
     build,
     checkpointing,
+    classifier,
     diffusion,
     evaluate,
     generate,
@@ -108,6 +109,22 @@ def train_step(
     return new_state, metrics
 
 
+def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process) -> Callable:
+    """Returns the config's pure step(state, batch) -> (state, metrics): the denoiser's or, for
+    a noisy classifier, `classifier.train_step`."""
+    if build.is_classifier(config):
+        return functools.partial(classifier.train_step, model=model, process=process)
+    return functools.partial(
+        train_step,
+        model=model,
+        process=process,
+        num_levels=config.data.num_levels,
+        label_dropout=config.training.label_dropout,
+        importance_sampling=config.diffusion.timestep_sampler == "loss_second_moment",
+        grad_accum_steps=config.training.grad_accum_steps,
+    )
+
+
 class Trainer:
     """Builds the model, process, mesh, sharded state and jitted step of a config, once."""
 
@@ -125,15 +142,7 @@ class Trainer:
             config, self.model, self.tx, self.mesh
         )
         self.batch_sharding = sharding.batch_sharding(self.mesh)
-        step = functools.partial(
-            train_step,
-            model=self.model,
-            process=self.process,
-            num_levels=config.data.num_levels,
-            label_dropout=config.training.label_dropout,
-            importance_sampling=config.diffusion.timestep_sampler == "loss_second_moment",
-            grad_accum_steps=config.training.grad_accum_steps,
-        )
+        step = make_train_step(config, self.model, self.process)
         self.train_step = jax.jit(
             step,
             in_shardings=(self.state_shardings, self.batch_sharding),
@@ -185,6 +194,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     with preemption.PreemptionGuard() as guard:
         trainer, state, writer = train(config, workdir, guard=guard)
+        if build.is_classifier(config):
+            return evaluate.evaluate_classifier(
+                config,
+                workdir,
+                model=trainer.model,
+                process=trainer.process,
+                mesh=trainer.mesh,
+                params=evaluate.eval_params(state, config),
+                step=int(jax.device_get(state.step)),
+                writer=writer,
+            )
         return evaluate.evaluate_params(
             config,
             workdir,
@@ -257,9 +277,11 @@ def _train_loop(config, workdir, trainer, manager, guard):
     step_fn = trainer.compile(training.batch_size)
     writer = summaries.create_writer(workdir)
     grid_size = min(config.eval.num_samples, 100)  # Grids during training: 100 at most.
-    generator = generate.Generator(
-        config, trainer.model, trainer.process, trainer.mesh, num_samples=grid_size
-    )
+    generator = None
+    if training.sample_every and not build.is_classifier(config):
+        generator = generate.Generator(
+            config, trainer.model, trainer.process, trainer.mesh, num_samples=grid_size
+        )
     bar = _progress(training.num_steps, start_step)
     first_at_limit = jnp.zeros((), jnp.int32)
     last_time, last_step = time.time(), start_step
@@ -282,14 +304,13 @@ def _train_loop(config, workdir, trainer, manager, guard):
                 metrics["images_per_sec"] = metrics["steps_per_sec"] * training.batch_size
                 last_time, last_step = now, done
                 summaries.write_scalars(writer, done, {f"train/{k}": v for k, v in metrics.items()})
+                shown = [k for k in ("loss", "mse", "vb", "accuracy") if k in metrics]
                 logging.log_if(
                     logging.INFO,
-                    "step %d: loss %.4f mse %.4f vb %.4f | %.1f steps/s %.0f images/s",
+                    "step %d: %s | %.1f steps/s %.0f images/s",
                     jax.process_index() == 0,
                     done,
-                    metrics["loss"],
-                    metrics["mse"],
-                    metrics["vb"],
+                    " ".join(f"{k} {metrics[k]:.4f}" for k in shown),
                     metrics["steps_per_sec"],
                     metrics["images_per_sec"],
                 )
@@ -301,7 +322,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
                 manager.wait_until_finished()
                 logging.warning("SIGTERM: saved the checkpoint at step %d; exiting.", done)
                 raise preemption.Preempted(done)
-            if training.sample_every and done % training.sample_every == 0:
+            if generator is not None and done % training.sample_every == 0:
                 samples = generator.generate(evaluate.eval_params(state, config), grid_size, done)
                 evaluate.save_samples(config, workdir, f"samples_{done:08d}", samples)
                 last_time, last_step = time.time(), done  # Keep sampling out of the steps/s.

@@ -122,7 +122,7 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     m, data = config.model, config.data
     _choice(m.name, "model.name", tuple(build.MODELS))
     _positive_int(data.image_size, "data.image_size")
-    if m.name == "unet":
+    if m.name in ("unet", "noisy_classifier"):  # The classifier is the U-Net's encoder half.
         _validate_unet(config)
     elif m.name == "dit":
         _validate_dit(config)
@@ -131,6 +131,13 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     _positive_int(data.num_classes, "data.num_classes", allow_zero=True)
     if not isinstance(m.class_cond, bool):
         raise ConfigError(f"model.class_cond={m.class_cond!r} must be True or False.")
+    if m.name in build.CLASSIFIERS and data.num_classes < 1:
+        raise ConfigError(
+            f"model.name={m.name!r} needs labelled data: data.num_classes >= 1 "
+            f"(got {data.num_classes})."
+        )
+    if m.name in build.CLASSIFIERS and m.class_cond:
+        raise ConfigError(f"model.name={m.name!r} predicts labels: set model.class_cond=False.")
     if m.class_cond and data.num_classes < 1:
         raise ConfigError(
             f"model.class_cond=True needs data.num_classes >= 1 (got {data.num_classes})."
@@ -222,6 +229,8 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
         except ValueError as e:
             raise ConfigError(str(e)) from None
     _positive_int(ev.solver_order, "eval.solver_order", allow_zero=True)
+    _positive_int(ev.chain_frames, "eval.chain_frames", allow_zero=True)
+    _positive_int(ev.chain_samples, "eval.chain_samples")
     if ev.solver_order:
         orders = solvers.SOLVER_ORDERS.get(ev.sampler)
         if orders is None:
@@ -234,7 +243,19 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
                 f"eval.solver_order={ev.solver_order} is not one of "
                 f"{', '.join(map(str, orders))} for eval.sampler={ev.sampler!r}."
             )
-    _number(ev.guidance_scale, "eval.guidance_scale", 0.0, float("inf"))
+    _number(ev.guidance_scale, "eval.guidance_scale", -1.0, float("inf"))
+    _number(ev.classifier_scale, "eval.classifier_scale", 0.0, float("inf"))
+    if ev.classifier_scale:
+        if not ev.classifier_workdir:
+            raise ConfigError(
+                f"eval.classifier_scale={ev.classifier_scale} needs eval.classifier_workdir, the "
+                "workdir of a trained noisy classifier (configs/digits_classifier.py)."
+            )
+        if config.data.num_classes < 1:
+            raise ConfigError(
+                f"eval.classifier_scale={ev.classifier_scale} needs labelled data "
+                "(data.num_classes >= 1) to guide towards."
+            )
     _number(ev.ddim_eta, "eval.ddim_eta", 0.0, 1.0)
     if ev.guidance_scale and not config.model.class_cond:
         raise ConfigError(

@@ -48,3 +48,59 @@ def test_solver_grid_follows_the_spacing_and_ends_clean():
     expected = solvers.spacing_timesteps(process, 5, "uniform")
     np.testing.assert_array_equal(np.asarray(grid.model_t[:-1]), expected)
     assert float(grid.sigma[-1]) == 0.0 and float(grid.alpha[-1]) == 1.0
+
+
+def _tiny_classifier_config():
+    from configs import digits_classifier
+
+    config = digits_classifier.get_config()
+    config.diffusion.num_timesteps = tiny.get_config().diffusion.num_timesteps
+    config.model.attention_resolutions = ()
+    return config
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
+def test_classifier_guidance_at_scale_zero_changes_nothing_and_moves_samples_otherwise(
+    params, sampler
+):
+    config = tiny.get_config()
+    config.eval.sampler, config.eval.sample_steps = sampler, 5
+    model, process = build.create_model(config), build.create_process(config)
+    mesh = sharding.create_mesh()
+    classifier_config = _tiny_classifier_config()
+    classifier_model = build.create_model(classifier_config)
+    classifier_params = build.init_params(
+        jax.random.PRNGKey(3), classifier_model, classifier_config
+    )
+    plain = generate.Generator(config, model, process, mesh, num_samples=8)
+    reference = plain.generate(params, 8, seed=0)
+    with_classifier = generate.Generator(
+        config,
+        model,
+        process,
+        mesh,
+        num_samples=8,
+        classifier=(classifier_model, classifier_params),
+    )
+    np.testing.assert_array_equal(with_classifier.generate(params, 8, seed=0), reference)
+    config.eval.classifier_scale = 50.0
+    guided = generate.Generator(
+        config,
+        model,
+        process,
+        mesh,
+        num_samples=8,
+        classifier=(classifier_model, classifier_params),
+    ).generate(params, 8, seed=0)
+    chex.assert_tree_all_finite(guided)
+    assert np.abs(guided - reference).max() > 1e-3
+
+
+def test_the_chain_ends_in_the_samples_and_has_the_asked_frames(params):
+    config = tiny.get_config()  # DDPM, 10 respaced steps.
+    model, process = build.create_model(config), build.create_process(config)
+    generator = generate.Generator(config, model, process, sharding.create_mesh(), num_samples=8)
+    images, chain = generator.generate_with_chain(params, 12, seed=0, chain_frames=5)
+    chex.assert_shape(chain, (6, 8, 8, 8, 1))  # 5 frames every 2 steps, then the samples.
+    np.testing.assert_array_equal(chain[-1], images[:8])
+    np.testing.assert_array_equal(images, generator.generate(params, 12, seed=0))

@@ -256,3 +256,28 @@ def test_checkpoint_of_another_model_shape_is_refused(tiny_config, tmp_path, mon
     with pytest.raises(ValueError, match="does not fit this config.*params/"):
         train.train(config, "workdir")
     assert checkpointing.create_manager("workdir", read_only=True).latest_step() == 2
+
+
+def test_a_noisy_classifier_trains_evaluates_and_guides_from_its_workdir(tiny_config, tmp_path):
+    from configs import digits_classifier
+
+    config = digits_classifier.get_config()
+    config.data.data_dir = tiny_config().data.data_dir
+    config.diffusion.num_timesteps = 20
+    config.model.attention_resolutions = ()
+    config.training.update(num_steps=2, checkpoint_every=2, log_every=1, batch_size=16)
+    config.eval.update(batch_size=32, num_bpd_examples=32, sample_steps=0)
+    workdir = str(tmp_path / "classifier")
+    results = train.train_and_evaluate(config, workdir)
+    assert set(results) >= {"test/accuracy_t0", "test/accuracy_t5", "test/num_examples"}
+    assert 0.0 <= results["test/accuracy_t0"] <= 1.0
+    # A diffusion model on the same process finds it through eval.classifier_workdir.
+    sampled = tiny_config(**{"eval.classifier_scale": 1.0, "eval.classifier_workdir": workdir})
+    model, params = evaluate.restore_classifier(sampled, sharding.create_mesh())
+    assert model.num_classes == 10 and models.count_params(params) > 0
+    sampled.diffusion.num_timesteps = 40
+    with pytest.raises(ValueError, match="diffusion.num_timesteps=20"):
+        evaluate.restore_classifier(sampled, sharding.create_mesh())
+    with pytest.raises(FileNotFoundError, match="eval.classifier_workdir"):
+        sampled.eval.classifier_workdir = str(tmp_path / "nothing")
+        evaluate.restore_classifier(sampled, sharding.create_mesh())

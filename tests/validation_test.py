@@ -46,7 +46,8 @@ INVALID = [
     ("eval.batch_size", 10),
     ("eval.sample_steps", 21),
     ("eval.sample_steps", 6),  # No DDIM stride over T=20 gives exactly 6 steps.
-    ("eval.guidance_scale", -1.0),
+    ("eval.guidance_scale", -1.5),
+    ("eval.classifier_scale", -1.0),
     ("mesh.fsdp", 3),
     ("mesh.data", 3),
     ("model.name", "transformer"),
