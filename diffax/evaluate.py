@@ -336,16 +336,12 @@ def sample_checkpoint(
             "samples; sample from a diffusion model (eval.classifier_workdir guides it)."
         )
     mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
+    classifier = _guidance_classifier(config, mesh)
     params, step = restore_eval_params(config, workdir, mesh)
     num_samples = num_samples or config.eval.num_samples
     model, process = build.create_model(config), build.create_process(config)
     generator = generate.Generator(
-        config,
-        model,
-        process,
-        mesh,
-        num_samples=num_samples,
-        classifier=_guidance_classifier(config, mesh),
+        config, model, process, mesh, num_samples=num_samples, classifier=classifier
     )
     frames = config.eval.chain_frames
     samples, chain = generator.generate_with_chain(params, num_samples, step + 1, frames)

@@ -107,6 +107,36 @@ CONFIG_CASES = [
         ["--config.model.class_cond=False", "--config.eval.guidance_scale=2.0"],
         ["eval.guidance_scale"],
     ),
+    (
+        "sample-spacing",
+        ["--config.eval.sampler=unipc", "--config.eval.sample_spacing=cubic"],
+        ["eval.sample_spacing"],
+    ),
+    (
+        "classifier-without-workdir",
+        ["--config.eval.classifier_scale=2.0"],
+        ["eval.classifier_workdir"],
+    ),
+    (
+        "classifier-workdir-empty",
+        [
+            "--config.eval.classifier_scale=2.0",
+            "--config.eval.classifier_workdir=/nonexistent/classifier",
+            "--mode=sample",
+        ],
+        ["eval.classifier_workdir"],
+    ),
+    ("chain-frames", ["--config.eval.chain_frames=-1"], ["eval.chain_frames"]),
+    (
+        "dit-patch",
+        ["--config.model.name=dit", "--config.model.patch_size=3", "--config.model.dropout=0.0"],
+        ["model.patch_size"],
+    ),
+    (
+        "dit-heads",
+        ["--config.model.name=dit", "--config.model.num_heads=5", "--config.model.dropout=0.0"],
+        ["model.hidden_size", "model.num_heads"],
+    ),
     ("mode", ["--mode=fit"], ["--mode", "train"]),
     ("unknown-flag", ["--num_steps=5"], ["--num_steps"]),
     ("num-samples-zero", ["--mode=sample", "--num_samples=0"], ["--num_samples"]),
@@ -127,6 +157,11 @@ def test_bad_config_or_flag_gets_one_sentence(tmp_path, data_dir, args, names):
 def test_batch_that_does_not_split_over_the_devices(tmp_path):
     done = _run([f"--workdir={tmp_path}", "--config.training.batch_size=12"], devices=8)
     _assert_one_sentence(done, "training.batch_size=12", "8 devices")
+
+
+def test_sample_mode_on_a_classifier_config(tmp_path):
+    done = _run([f"--workdir={tmp_path}", "--mode=sample"], config="configs/digits_classifier.py")
+    _assert_one_sentence(done, "classifier", "--mode=sample")
 
 
 def test_missing_config_or_workdir(tmp_path):
