@@ -4,13 +4,7 @@ Each checkpoint `<workdir>/checkpoints/<step>/` holds three orbax items, committ
 orbax's atomic finalize: "state" (the train state), "config" (JSON) and "integrity" (JSON: one
 checksum per array of the state, keyed by its path, e.g. "params/down_0_res_0/in_conv/kernel").
 
-Checksums. A checksum sums, modulo 2**32, a mixed hash (murmur3's fmix32) of every element's bits
-keyed by its flat index, in two lanes with different seeds (64 bits in all). It is computed where
-the array lives, in one jitted reduction: with several processes each one hashes its own shards
-and the sum is global, so every process gets the same digest without gathering the array, and
-the digest does not depend on the sharding or the process count. Changing any single element
-always changes it; other damage goes unnoticed with probability about 2**-64. It guards against
-accidental damage, not against someone forging a checkpoint.
+The checksums are `diffax.checksums`' 64-bit array digests.
 
 What orbax and tensorstore catch by themselves (orbax 0.12.8): damage that breaks a zstd frame
 (e.g. its first bytes), a truncated or deleted data file, a damaged OCDBT manifest or B-tree node
@@ -26,11 +20,10 @@ block, or `with managed(workdir) as manager:`.
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,13 +33,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from diffax import checksums
+
 STATE = "state"
 CONFIG = "config"
 INTEGRITY = "integrity"
-INTEGRITY_VERSION = 1
-CHECKSUM_ALGORITHM = "fmix32-indexed-sum-2x32"
 _MARKER = "diffax_integrity"  # In _CHECKPOINT_METADATA's custom_metadata: a record was written.
-_SEEDS = (0x243F6A88, 0x85A308D3)  # Hex digits of pi; any two distinct constants would do.
 # JSON files orbax writes in a step folder (state, config, integrity items); all must parse.
 _JSON_FILES = ("_CHECKPOINT_METADATA", "*/_METADATA", "*/_sharding", "*/metadata")
 _ELSEWHERE = "another process found it damaged"
@@ -68,22 +60,13 @@ class NonFiniteStateError(FloatingPointError):
     """`save` refused a state holding NaN or infinity; nothing was written."""
 
 
-class ArrayPrint(NamedTuple):
-    """What `fingerprint` records of one array: shape, dtype name, 16-hex-digit digest, finite."""
-
-    shape: tuple[int, ...]
-    dtype: str
-    digest: str
-    finite: bool
-
-
 @dataclasses.dataclass
 class Ledger:
     """What this process learnt about the steps on disk; rotation and `save` consult it."""
 
     good: set[int] = dataclasses.field(default_factory=set)  # Verified, or saved finite here.
     failed: dict[int, str] = dataclasses.field(default_factory=dict)  # Step -> why it failed.
-    last_prints: dict[str, ArrayPrint] | None = None  # State last restored or saved.
+    last_prints: dict[str, checksums.ArrayPrint] | None = None  # State last restored or saved.
 
 
 class VerifiedCheckpointManager(ocp.CheckpointManager):
@@ -119,22 +102,6 @@ def checkpoint_dir(workdir: str) -> epath.Path:
     return epath.Path(workdir) / "checkpoints"
 
 
-def _path_name(path: tuple[Any, ...]) -> str:
-    """Returns 'a/b/0' for a key path, whatever kind of keys it holds."""
-    parts = []
-    for key in path:
-        for attr in ("name", "key", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-    return "/".join(parts)
-
-
-def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
-    """Returns [(path name, leaf)] for every leaf of a pytree, in flattening order."""
-    return [(_path_name(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
 def _listed(names: Sequence[str], limit: int = 3) -> str:
     """Returns 'a, b, c and 4 more' for a list of array names."""
     shown = ", ".join(names[:limit])
@@ -152,116 +119,6 @@ def _describe(error: BaseException) -> str:
     for tail in (" See full TensorStore details", " [tensorstore_spec="):
         text = text.split(tail)[0]
     return f"{type(error).__name__}: {text[:240]}"
-
-
-# Checksums.
-
-
-def _fmix32(x: jax.Array) -> jax.Array:
-    """Returns murmur3's 32-bit finaliser of uint32 `x`: a bijection that mixes every bit."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def _words(x: jax.Array) -> jax.Array:
-    """Returns the bits of `x` as uint32 (one per element; 64-bit types add a last axis of 2)."""
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    if jnp.iscomplexobj(x):
-        x = jnp.stack([x.real, x.imag], axis=-1)
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32)
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-
-
-def _leaf_digest(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns the two [] uint32 checksum lanes of `x` and whether all its elements are finite."""
-    words = _words(x)
-    index = jnp.zeros(words.shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(words.ndim)):  # Row-major flat index, wrapping past 2**32.
-        index = index + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * jnp.uint32(
-            stride % 2**32
-        )
-        stride *= words.shape[axis]
-    lanes = [
-        # fmix32(words ^ key) is a bijection of the element's bits, so any change moves the sum.
-        jnp.sum(
-            _fmix32(words ^ _fmix32(index * jnp.uint32(0x9E3779B9) + jnp.uint32(s))),
-            dtype=jnp.uint32,  # Wraps modulo 2**32.
-        )
-        for s in _SEEDS
-    ]
-    inexact = jnp.issubdtype(x.dtype, jnp.inexact)
-    finite = jnp.all(jnp.isfinite(x)) if inexact else jnp.array(True)
-    return lanes[0], lanes[1], finite
-
-
-def _host_scalar(x: jax.Array) -> Any:
-    """Returns a replicated scalar's value; works when other processes hold other devices."""
-    return np.asarray(x.addressable_data(0)).item() if isinstance(x, jax.Array) else x
-
-
-@jax.jit
-def _digests(leaves: list[jax.Array]) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
-    """Returns _leaf_digest of every leaf, in one program (one dispatch, fused reductions)."""
-    return [_leaf_digest(x) for x in leaves]
-
-
-_digest_one = jax.jit(_leaf_digest)
-
-
-def fingerprint(tree: Any) -> dict[str, ArrayPrint]:
-    """Returns {path name: ArrayPrint} for every array leaf; blocks until the digests are on host.
-
-    Every process must call it (it runs jitted reductions over all devices holding the arrays).
-    """
-    named = [(n, x if isinstance(x, jax.Array) else jnp.asarray(x)) for n, x in _named_leaves(tree)]
-    leaves = [x for _, x in named]
-    try:
-        outputs = _digests(leaves)
-    except ValueError:  # Leaves on different sets of devices: one program each.
-        outputs = [_digest_one(x) for x in leaves]
-    prints = {}
-    for (name, x), (lane0, lane1, finite) in zip(named, outputs, strict=True):
-        digest = f"{_host_scalar(lane0):08x}{_host_scalar(lane1):08x}"
-        prints[name] = ArrayPrint(tuple(x.shape), str(x.dtype), digest, bool(_host_scalar(finite)))
-    return prints
-
-
-def _record(prints: dict[str, ArrayPrint]) -> dict[str, Any]:
-    """Returns the JSON integrity record of a state's fingerprints, with a digest of itself."""
-    arrays = {
-        n: {"shape": list(p.shape), "dtype": p.dtype, "digest": p.digest} for n, p in prints.items()
-    }
-    return {
-        "version": INTEGRITY_VERSION,
-        "algorithm": CHECKSUM_ALGORITHM,
-        "arrays": arrays,
-        "record_digest": _json_digest(arrays),
-    }
-
-
-def _json_digest(value: Any) -> str:
-    """Returns the SHA-256 of a JSON value written canonically (sorted keys, no spaces)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _parse_record(record: Any) -> dict[str, dict[str, Any]]:
-    """Returns the record's {name: {shape, dtype, digest}}; ValueError if it is not intact."""
-    if not isinstance(record, dict) or record.get("version") != INTEGRITY_VERSION:
-        raise ValueError("its checksum record has an unknown layout")
-    if record.get("algorithm") != CHECKSUM_ALGORITHM:
-        raise ValueError(f"its checksum record uses algorithm {record.get('algorithm')!r}")
-    arrays = record.get("arrays")
-    if not isinstance(arrays, dict) or record.get("record_digest") != _json_digest(arrays):
-        raise ValueError("its checksum record is damaged (its own digest does not match)")
-    return arrays
 
 
 # Rotation.
@@ -386,7 +243,7 @@ def save(
     overwritten). Raises NonFiniteStateError, writing nothing, if any floating array holds NaN
     or infinity. The checksums are computed before returning, so the caller may donate `state`.
     """
-    prints = fingerprint(state)
+    prints = checksums.fingerprint(state)
     non_finite = [n for n, p in prints.items() if not p.finite]
     if non_finite:
         raise NonFiniteStateError(
@@ -413,13 +270,13 @@ def save(
         **{
             STATE: ocp.args.StandardSave(state),
             CONFIG: ocp.args.JsonSave(config_dict),
-            INTEGRITY: ocp.args.JsonSave(_record(prints)),
+            INTEGRITY: ocp.args.JsonSave(checksums.record(prints)),
         }
     )
     ledger.good.add(step)  # Before orbax's save, which runs the rotation policy.
     try:
         started = manager.save(
-            step, args=args, force=force, custom_metadata={_MARKER: INTEGRITY_VERSION}
+            step, args=args, force=force, custom_metadata={_MARKER: checksums.INTEGRITY_VERSION}
         )
     except BaseException:
         ledger.good.discard(step)
@@ -446,7 +303,9 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
     leaves, _ = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict)
     )
-    return {_path_name(p): tuple(leaf.shape) for p, leaf in leaves if hasattr(leaf, "shape")}
+    return {
+        checksums.path_name(p): tuple(leaf.shape) for p, leaf in leaves if hasattr(leaf, "shape")
+    }
 
 
 def _raise_if_mismatched(
@@ -530,7 +389,7 @@ def _read_record(
     if error is not None:
         return None, f"its checksum record cannot be read ({error})"
     try:
-        return _parse_record(raw[INTEGRITY]), None
+        return checksums.parse_record(raw[INTEGRITY]), None
     except ValueError as error:
         return None, str(error)
 
@@ -558,7 +417,7 @@ def _with_dtypes(abstract_state: Any, dtypes: dict[str, str]) -> Any:
     """Returns abstract_state with each leaf's dtype replaced by the one it was saved in."""
 
     def leaf(path: Any, a: Any) -> jax.ShapeDtypeStruct:
-        saved = dtypes.get(_path_name(path), str(a.dtype))
+        saved = dtypes.get(checksums.path_name(path), str(a.dtype))
         try:
             dtype = jnp.dtype(saved) if saved != str(a.dtype) else a.dtype
         except TypeError:
@@ -570,7 +429,7 @@ def _with_dtypes(abstract_state: Any, dtypes: dict[str, str]) -> Any:
 
 def _verified_restore(
     manager: ocp.CheckpointManager, step: int, abstract_state: Any
-) -> tuple[Any, dict[str, ArrayPrint] | None, str | None]:
+) -> tuple[Any, dict[str, checksums.ArrayPrint] | None, str | None]:
     """Returns (state, its prints, None) if checkpoint `step` passes every check, else why not.
 
     Raises the shape-mismatch ValueError for an intact checkpoint of another config. Every
@@ -596,7 +455,7 @@ def _verified_restore(
     if not _all_processes(why is None):
         return None, None, why or _ELSEWHERE
     restored = items[STATE]
-    prints = fingerprint(restored)
+    prints = checksums.fingerprint(restored)
     non_finite = [n for n, p in prints.items() if not p.finite]
     problems = [f"non-finite values in {_listed(non_finite)}"] if non_finite else []
     if record is not None:
