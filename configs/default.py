@@ -98,8 +98,10 @@ def get_config() -> ml_collections.ConfigDict:
     # "unipc", "euler", "heun", "euler_ancestral", "ancestral".
     ev.sampler = "ddpm"
     ev.sample_steps = 0  # Respaced steps (solvers: grid points); 0 uses every step.
-    # Solvers' timestep spacing: "uniform", "logsnr", "karras", "ddim", "respace" or a spec "10,20".
-    ev.sample_spacing = "logsnr"
+    # Solvers' timestep spacing: "auto" (Karras et al.'s eq. 5 from sigma 80 for euler / heun /
+    # euler_ancestral, log-SNR for the others), "uniform", "logsnr", "karras", "ddim", "respace",
+    # or a respacing spec such as "10,20".
+    ev.sample_spacing = "auto"
     ev.solver_order = 0  # dpmpp_* / unipc order (1-3); 0 takes the sampler's own (2M: 2, 3M: 3).
     ev.ddim_eta = 0.0  # DDIM eta: 0 is deterministic, 1 matches DDPM's variance.
     # Classifier-free guidance w: 0 samples the conditional model, -1 the unconditional one (the

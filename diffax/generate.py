@@ -28,7 +28,10 @@ def solver_grid(
 ) -> solvers.NoiseGrid:
     """Returns the noise grid a diffax.solvers sampler runs on (eval.sample_steps, 0: all)."""
     steps = config.eval.sample_steps or process.num_timesteps
-    timesteps = solvers.spacing_timesteps(process, steps, config.eval.sample_spacing)
+    spacing = config.eval.sample_spacing
+    if spacing == "auto":
+        spacing = solvers.default_spacing(config.eval.sampler)
+    timesteps = solvers.spacing_timesteps(process, steps, spacing)
     return solvers.grid_from_discrete(process, timesteps)
 
 

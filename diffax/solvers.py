@@ -141,12 +141,26 @@ def _is_respacing_spec(spacing: str) -> bool:
     return re.fullmatch(r"ddim\d+|\d+(,\d+)*", spacing) is not None
 
 
+# Karras et al. 2022 (sec. 5, Table 1) start their samplers at sigma = 80 for every model, VP ones
+# included: beyond it x_t is noise to float precision, and a second-order step from the much
+# larger sigma_max of a clipped cosine schedule (~2e4) overshoots by orders of magnitude.
+KARRAS_SIGMA_MAX = 80.0
+# The samplers of Karras et al., who space their steps by eq. 5; the others space by log-SNR.
+KARRAS_SAMPLERS = ("euler", "heun", "euler_ancestral")
+
+
+def default_spacing(sampler: str) -> str:
+    """Returns the spacing a sampler's paper uses: "karras" for Karras et al.'s, else "logsnr"."""
+    return "karras" if sampler in KARRAS_SAMPLERS else "logsnr"
+
+
 def spacing_timesteps(d: GaussianDiffusion, num_steps: int, spacing: str) -> np.ndarray:
     """Returns num_steps distinct descending int indices into d (pass to `grid_from_discrete`).
 
     "uniform": round(linspace(T-1, 0)); "logsnr": uniform in log-SNR from t = T-1 to t = 0;
-    "karras": eq. 5 (rho = 7) on sigma = sqrt((1 - abar) / abar) from t = T-1 to t = 0, both snapped
-    to the nearest timestep in log-SNR; these three include T-1 and 0. "ddim" and "respace" are
+    "karras": eq. 5 (rho = 7) on sigma = sqrt((1 - abar) / abar) from min(sigma_{T-1},
+    KARRAS_SIGMA_MAX) to sigma_0, snapped to the nearest timestep in log-SNR; all three include 0,
+    "uniform" and "logsnr" T-1. "ddim" and "respace" are
     schedules.space_timesteps(T, f"ddim{N}") (includes 0) and (T, f"{N}") (includes 0 and T-1);
     a space_timesteps spec string ("ddim50", "10,15,20") is also accepted.
     """
@@ -165,7 +179,8 @@ def spacing_timesteps(d: GaussianDiffusion, num_steps: int, spacing: str) -> np.
         targets = np.linspace(log_sigma[-1], log_sigma[0], num_steps)
         return _nearest_distinct(log_sigma, targets)
     if spacing == "karras":
-        sigmas = karras_sigmas(np.exp(log_sigma[0]), np.exp(log_sigma[-1]), num_steps)
+        sigma_max = min(np.exp(log_sigma[-1]), KARRAS_SIGMA_MAX)
+        sigmas = karras_sigmas(np.exp(log_sigma[0]), sigma_max, num_steps)
         return _nearest_distinct(log_sigma, np.log(sigmas))
     if spacing in ("ddim", "respace") or _is_respacing_spec(spacing):
         spec = {"ddim": f"ddim{num_steps}", "respace": str(num_steps)}.get(spacing, spacing)

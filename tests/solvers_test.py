@@ -98,7 +98,7 @@ def test_spacings_return_distinct_descending_valid_indices(spacing, num_steps):
     assert steps.shape == (num_steps,)
     assert np.all(np.diff(steps) < 0) and steps[-1] >= 0 and steps[0] <= 999
     assert steps[-1] == 0
-    if spacing in ("uniform", "logsnr", "karras", "respace"):
+    if spacing in ("uniform", "logsnr", "respace"):
         assert steps[0] == 999
 
 
@@ -113,9 +113,10 @@ def test_karras_spacing_is_eq5_with_rho_7_snapped_to_nearest_timestep():
     d, log_snr = _linear_process_log_snr()
     sigma = np.exp(-0.5 * log_snr)  # sqrt((1 - abar) / abar)
     num_steps, rho = 10, 7.0
-    inv_min, inv_max = sigma[0] ** (1 / rho), sigma[-1] ** (1 / rho)
+    sigma_max = min(sigma[-1], 80.0)  # Karras et al.'s sigma_max for every model (Table 1).
+    inv_min, inv_max = sigma[0] ** (1 / rho), sigma_max ** (1 / rho)
     expected = [(inv_max + i / (num_steps - 1) * (inv_min - inv_max)) ** rho for i in range(10)]
-    np.testing.assert_allclose(solvers.karras_sigmas(sigma[0], sigma[-1], num_steps), expected)
+    np.testing.assert_allclose(solvers.karras_sigmas(sigma[0], sigma_max, num_steps), expected)
     nearest = [np.argmin(np.abs(np.log(sigma) - np.log(s))) for s in expected]
     np.testing.assert_array_equal(solvers.spacing_timesteps(d, num_steps, "karras"), nearest)
 
@@ -128,10 +129,23 @@ def test_logsnr_spacing_snaps_uniform_log_snr_targets():
 
 
 def test_snapping_ties_are_moved_to_the_nearest_free_timesteps():
-    # On the cosine process eq. 5 puts several sigmas beyond t = 998 (sigma_max ~ 2e4, from the
-    # clipped last beta): they would all snap to 999 and 998.
-    steps = solvers.spacing_timesteps(_cosine_process(), 10, "karras")
-    np.testing.assert_array_equal(steps[:6], [999, 998, 997, 996, 995, 994])
+    # On the cosine process 30 log-SNR-uniform targets crowd the last steps (the clipped last beta
+    # puts sigma_max near 2e4): several snap to 999 and are moved to free neighbours.
+    d = _cosine_process()
+    log_sigma = np.log(np.asarray(d.sqrt_recipm1_alphas_cumprod, np.float64))
+    targets = np.linspace(log_sigma[-1], log_sigma[0], 200)
+    nearest = np.argmin(np.abs(log_sigma[None, :] - targets[:, None]), axis=1)
+    assert len(set(nearest.tolist())) < 200  # The naive snap collides.
+    steps = solvers.spacing_timesteps(d, 200, "logsnr")
+    assert len(set(steps.tolist())) == 200
+    assert np.all(np.diff(steps) < 0) and steps[-1] == 0 and steps[0] == 999
+
+
+def test_karras_spacing_starts_at_sigma_80_on_a_clipped_cosine_process():
+    d = _cosine_process()
+    sigma = np.asarray(d.sqrt_recipm1_alphas_cumprod, np.float64)
+    steps = solvers.spacing_timesteps(d, 10, "karras")
+    assert sigma[steps[0]] == sigma[np.argmin(np.abs(np.log(sigma) - np.log(80.0)))]
     assert np.all(np.diff(steps) < 0) and steps[-1] == 0
 
 
