@@ -25,6 +25,7 @@ setuptools.setup(
         "scikit-learn>=1.4",
         "etils[epath]>=1.5",  # Paths for orbax and TFDS (imported directly by diffax).
         "tqdm>=4.60",  # The progress bar on a terminal.
+        "safetensors>=0.4",  # Pretrained autoencoder (VAE) weights in diffusers' format.
     ],
     extras_require={
         "test": [
@@ -34,5 +35,8 @@ setuptools.setup(
             "scipy>=1.11",
             "ruff>=0.6",
         ],
+        # diffax.tools.peer_benchmark's PyTorch side (best in its own environment: see
+        # benchmarks/peer/README.md); improved-diffusion itself is a checkout, not a package.
+        "bench": ["torch>=2.0", "numpy>=1.26"],
     },
 )

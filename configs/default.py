@@ -56,6 +56,11 @@ def get_config() -> ml_collections.ConfigDict:
     model.hidden_size = 384  # DiT: token width D (DiT-S; a multiple of 4 and of num_heads).
     model.depth = 12  # DiT: number of transformer blocks.
     model.mlp_ratio = 4.0  # DiT: MLP hidden width as a multiple of hidden_size.
+    # KL autoencoder (model.name = "autoencoder_kl"; Rombach et al. 2022, the first stage).
+    model.block_out_channels = (128, 256, 512, 512)  # Widths per level (SD's); f = 2**(levels-1).
+    model.layers_per_block = 2  # Resnets per encoder level (the decoder has one more).
+    model.z_channels = 4  # Latent channels.
+    model.norm_num_groups = 32  # GroupNorm groups of the autoencoder; divides every width.
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
     diffusion.schedule = "linear"  # Beta schedule: "linear" or "cosine".
@@ -84,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
     training.checkpoint_every = 5000  # Steps between checkpoints.
     training.keep_checkpoints = 3  # Checkpoints kept on disk.
     training.max_consecutive_skips = 10  # Non-finite updates in a row before training stops.
+    training.kl_weight = 1e-6  # Autoencoder: weight of KL(q(z|x) || N(0, I)) (LDM).
+    training.reconstruction_loss = "l1"  # Autoencoder: "l1" (LDM) or "l2", summed over pixels.
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1  # Data-parallel axis size; -1 takes every device left after fsdp.

@@ -16,6 +16,7 @@ import optax
 
 from diffax import diffusion, schedules, sharding
 from diffax import timestep_sampler as timestep_sampler_lib
+from diffax.models import autoencoder as autoencoder_model
 from diffax.models import classifier as classifier_model
 from diffax.models import dit, unet
 from diffax.train_state import TrainState
@@ -80,19 +81,46 @@ def _noisy_classifier(
     )
 
 
+def _autoencoder_kl(
+    config: ml_collections.ConfigDict, out_channels: int
+) -> autoencoder_model.AutoencoderKL:
+    """Translates config.model into the KL autoencoder's hyperparameters (images in and out)."""
+    del out_channels  # It reconstructs data.num_channels.
+    m = config.model
+    return autoencoder_model.AutoencoderKL(
+        in_channels=config.data.num_channels,
+        out_channels=config.data.num_channels,
+        z_channels=m.z_channels,
+        block_out_channels=tuple(m.block_out_channels),
+        layers_per_block=m.layers_per_block,
+        norm_num_groups=m.norm_num_groups,
+        dtype=jnp.dtype(m.dtype),
+    )
+
+
 # config.model.name -> fn(config, out_channels) returning the flax module.
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
     "unet": _unet,
     "dit": _dit,
     "noisy_classifier": _noisy_classifier,
+    "autoencoder_kl": _autoencoder_kl,
 }
 # Models that are not denoisers: trained on noised inputs to predict labels (classifier guidance).
 CLASSIFIERS = ("noisy_classifier",)
 
 
+# Models that compress images (the first stage of latent diffusion), called as (x, key).
+AUTOENCODERS = ("autoencoder_kl",)
+
+
 def is_classifier(config: ml_collections.ConfigDict) -> bool:
     """Returns whether the config trains a noisy classifier instead of a diffusion model."""
     return config.model.name in CLASSIFIERS
+
+
+def is_autoencoder(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether the config trains an autoencoder instead of a diffusion model."""
+    return config.model.name in AUTOENCODERS
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -145,6 +173,10 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 def init_params(rng: jax.Array, model: nn.Module, config: ml_collections.ConfigDict) -> Any:
     """Returns freshly initialised parameters (pure; use jax.eval_shape for shapes alone)."""
+    if is_autoencoder(config):
+        from diffax import autoencoder
+
+        return autoencoder.init_params(rng, model, image_shape(config))
     x = jnp.zeros((1, *image_shape(config)), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     y = jnp.zeros((1,), jnp.int32) if num_classes(config) else None

@@ -160,6 +160,94 @@ def evaluate_classifier(
     return results
 
 
+def evaluate_autoencoder(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    model,
+    process,
+    mesh: jax.sharding.Mesh,
+    params: Any,
+    step: int,
+    writer=None,
+) -> dict[str, Any]:
+    """Writes eval_<step>.json with the eval split's reconstruction PSNR (dB, from the posterior
+    mean), L1/L2 and KL per example, and the latent scale 1 / std of the posterior means, which
+    latent diffusion divides the latents by (also written to WORKDIR/latent_stats.json); and a
+    grid of originals (odd rows) over their reconstructions (even rows)."""
+    from diffax import autoencoder
+
+    del process
+
+    @jax.jit
+    def sums(params, batch):
+        x = batch["image"]
+        mean, logvar = model.apply({"params": params}, x, method=model.encode)
+        x_hat = model.apply({"params": params}, mean, method=model.decode)
+        mask = batch["mask"]
+        rec = autoencoder.reconstruction_loss(x, x_hat, config.training.reconstruction_loss)
+        out = {
+            "psnr": jnp.sum(autoencoder.psnr(x, x_hat) * mask),
+            "rec": jnp.sum(rec * mask),
+            "kl": jnp.sum(autoencoder.kl_to_standard_normal(mean, logvar) * mask),
+            "z_sum": jnp.sum(mean * mask[:, None, None, None]),
+            "z_sq": jnp.sum(jnp.square(mean) * mask[:, None, None, None]),
+            "count": jnp.sum(mask),
+        }
+        return out, x_hat
+
+    local = sharding.per_process_batch_size(config.eval.batch_size, "eval.batch_size")
+    data = input_pipeline.create_eval_iterator(
+        config.data, local, num_examples=config.eval.num_bpd_examples
+    )
+    totals, shown = None, None
+    for batch in data:
+        out, x_hat = sums(params, sharding.global_batch(batch, mesh))
+        out = jax.tree.map(lambda v: np.asarray(jax.device_get(v), np.float64), out)
+        totals = out if totals is None else jax.tree.map(np.add, totals, out)
+        if shown is None:
+            shown = (batch["image"][:50], sharding.to_host(x_hat)[:50])
+    n = totals["count"]
+    latent_size = n * np.prod(
+        model.apply(
+            {"params": params}, jnp.zeros((1, *build.image_shape(config))), method=model.encode
+        )[0].shape[1:]
+    )
+    z_mean = totals["z_sum"] / latent_size
+    z_std = float(np.sqrt(totals["z_sq"] / latent_size - z_mean**2))
+    results: dict[str, Any] = {"step": step, "params": "ema" if config.eval.use_ema else "raw"}
+    results.update(
+        {
+            "test/psnr": float(totals["psnr"] / n),
+            f"test/{config.training.reconstruction_loss}": float(totals["rec"] / n),
+            "test/kl": float(totals["kl"] / n),
+            "test/num_examples": int(n),
+            "latent/scale": 1.0 / z_std,
+            "latent/mean": float(z_mean),
+        }
+    )
+    _check_finite({k: v for k, v in results.items() if k.startswith(("test/", "latent/"))}, step)
+    summaries.write_scalars(writer, step, {k: v for k, v in results.items() if "/" in k})
+    if jax.process_index() == 0:
+        originals, reconstructions = shown
+        pairs = np.stack([originals, reconstructions], axis=1)  # [n, 2, H, W, C]
+        rows = [pairs[i : i + 10].transpose(1, 0, 2, 3, 4) for i in range(0, len(pairs), 10)]
+        grid = np.concatenate([r.reshape(-1, *r.shape[2:]) for r in rows])
+        results["reconstructions_png"] = os.path.join(
+            workdir, f"eval_reconstructions_{step:08d}.png"
+        )
+        images.save_png(
+            results["reconstructions_png"],
+            images.image_grid(grid, config.data.num_levels, min(10, len(originals))),
+        )
+        stats = {"step": step, "scale": results["latent/scale"], "mean": results["latent/mean"]}
+        (epath.Path(workdir) / "latent_stats.json").write_text(json.dumps(stats, indent=2))
+        path = epath.Path(workdir) / f"eval_{step:08d}.json"
+        path.write_text(json.dumps(results, indent=2))
+        logging.info("Eval at step %d: %s (written to %s)", step, results, path)
+    return results
+
+
 def _bpd_sums(params, batch, key, *, model, process, num_levels, null_label):
     """Returns masked sums over a batch of the bound's terms (bits/dim), and the example count."""
     labels = batch["label"]
@@ -302,8 +390,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     validation.validate_config(config)
     mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
     params, step = restore_eval_params(config, workdir, mesh)
-    if build.is_classifier(config):
-        return evaluate_classifier(
+    if build.is_classifier(config) or build.is_autoencoder(config):
+        evaluator = evaluate_classifier if build.is_classifier(config) else evaluate_autoencoder
+        return evaluator(
             config,
             workdir,
             model=build.create_model(config),
@@ -330,10 +419,11 @@ def sample_checkpoint(
 ) -> str:
     """Restores the newest checkpoint and writes num_samples samples as a PNG grid and .npz."""
     validation.validate_config(config)
-    if build.is_classifier(config):
+    if build.is_classifier(config) or build.is_autoencoder(config):
+        kind = "a classifier" if build.is_classifier(config) else "an autoencoder"
         raise ValueError(
-            f"--mode=sample: model.name={config.model.name!r} is a classifier, which draws no "
-            "samples; sample from a diffusion model (eval.classifier_workdir guides it)."
+            f"--mode=sample: model.name={config.model.name!r} is {kind}, which draws no "
+            "samples; sample from a diffusion model."
         )
     mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
     classifier = _guidance_classifier(config, mesh)

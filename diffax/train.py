@@ -110,10 +110,19 @@ def train_step(
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process) -> Callable:
-    """Returns the config's pure step(state, batch) -> (state, metrics): the denoiser's or, for
-    a noisy classifier, `classifier.train_step`."""
+    """Returns the config's pure step(state, batch) -> (state, metrics): the denoiser's, or
+    `classifier.train_step` for a noisy classifier, `autoencoder.train_step` for an autoencoder."""
     if build.is_classifier(config):
         return functools.partial(classifier.train_step, model=model, process=process)
+    if build.is_autoencoder(config):
+        from diffax import autoencoder
+
+        return functools.partial(
+            autoencoder.train_step,
+            model=model,
+            kl_weight=config.training.kl_weight,
+            reconstruction=config.training.reconstruction_loss,
+        )
     return functools.partial(
         train_step,
         model=model,
@@ -194,8 +203,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     with preemption.PreemptionGuard() as guard:
         trainer, state, writer = train(config, workdir, guard=guard)
-        if build.is_classifier(config):
-            return evaluate.evaluate_classifier(
+        if build.is_classifier(config) or build.is_autoencoder(config):
+            evaluator = (
+                evaluate.evaluate_classifier
+                if build.is_classifier(config)
+                else evaluate.evaluate_autoencoder
+            )
+            return evaluator(
                 config,
                 workdir,
                 model=trainer.model,
@@ -278,7 +292,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
     writer = summaries.create_writer(workdir)
     grid_size = min(config.eval.num_samples, 100)  # Grids during training: 100 at most.
     generator = None
-    if training.sample_every and not build.is_classifier(config):
+    if training.sample_every and not (build.is_classifier(config) or build.is_autoencoder(config)):
         generator = generate.Generator(
             config, trainer.model, trainer.process, trainer.mesh, num_samples=grid_size
         )
@@ -304,7 +318,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
                 metrics["images_per_sec"] = metrics["steps_per_sec"] * training.batch_size
                 last_time, last_step = now, done
                 summaries.write_scalars(writer, done, {f"train/{k}": v for k, v in metrics.items()})
-                shown = [k for k in ("loss", "mse", "vb", "accuracy") if k in metrics]
+                shown = [k for k in ("loss", "mse", "vb", "accuracy", "rec", "kl") if k in metrics]
                 logging.log_if(
                     logging.INFO,
                     "step %d: %s | %.1f steps/s %.0f images/s",

@@ -118,6 +118,36 @@ def _validate_dit(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"model.dropout={m.dropout!r} must be 0 for DiT, which has no dropout.")
 
 
+def _validate_autoencoder(config: ml_collections.ConfigDict) -> None:
+    from diffax import autoencoder
+
+    m, data = config.model, config.data
+    widths = _int_tuple(m.block_out_channels, "model.block_out_channels", allow_empty=False)
+    _positive_int(m.layers_per_block, "model.layers_per_block")
+    _positive_int(m.z_channels, "model.z_channels")
+    _positive_int(m.norm_num_groups, "model.norm_num_groups")
+    bad = [w for w in widths if w % m.norm_num_groups]
+    if bad:
+        raise ConfigError(
+            f"model.norm_num_groups={m.norm_num_groups} must divide every width of "
+            f"model.block_out_channels={widths} ({bad} are not multiples)."
+        )
+    factor = 2 ** (len(widths) - 1)
+    if data.image_size % factor:
+        raise ConfigError(
+            f"data.image_size={data.image_size} must be divisible by {factor}, the autoencoder's "
+            f"downsampling for model.block_out_channels={widths}."
+        )
+    _choice(
+        config.training.reconstruction_loss,
+        "training.reconstruction_loss",
+        autoencoder.RECONSTRUCTION_KINDS,
+    )
+    _number(config.training.kl_weight, "training.kl_weight", 0.0, float("inf"))
+    if m.class_cond:
+        raise ConfigError(f"model.name={m.name!r} ignores labels: set model.class_cond=False.")
+
+
 def _validate_model(config: ml_collections.ConfigDict) -> None:
     m, data = config.model, config.data
     _choice(m.name, "model.name", tuple(build.MODELS))
@@ -126,6 +156,8 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
         _validate_unet(config)
     elif m.name == "dit":
         _validate_dit(config)
+    elif m.name in build.AUTOENCODERS:
+        _validate_autoencoder(config)
     _choice(m.dtype, "model.dtype", DTYPES)
     _number(m.dropout, "model.dropout", 0.0, 1.0, high_open=True)
     _positive_int(data.num_classes, "data.num_classes", allow_zero=True)

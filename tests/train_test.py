@@ -281,3 +281,23 @@ def test_a_noisy_classifier_trains_evaluates_and_guides_from_its_workdir(tiny_co
     with pytest.raises(FileNotFoundError, match="eval.classifier_workdir"):
         sampled.eval.classifier_workdir = str(tmp_path / "nothing")
         evaluate.restore_classifier(sampled, sharding.create_mesh())
+
+
+def test_an_autoencoder_trains_and_reports_psnr_and_its_latent_scale(tiny_config, tmp_path):
+    from configs import digits_autoencoder
+
+    config = digits_autoencoder.get_config()
+    config.data.data_dir = tiny_config().data.data_dir
+    config.data.image_size = 8  # f = 4 on the digits' own size: 2x2x4 latents, fast.
+    config.model.block_out_channels = (16, 16, 16)
+    config.training.update(num_steps=2, checkpoint_every=2, log_every=1, batch_size=16)
+    config.eval.update(batch_size=32, num_bpd_examples=32)
+    workdir = str(tmp_path / "autoencoder")
+    results = train.train_and_evaluate(config, workdir)
+    assert results["test/num_examples"] == 32
+    assert np.isfinite(results["test/psnr"]) and results["latent/scale"] > 0
+    with open(os.path.join(workdir, "latent_stats.json")) as f:
+        assert json.load(f)["scale"] == results["latent/scale"]
+    assert os.path.exists(results["reconstructions_png"])
+    again = evaluate.evaluate_checkpoint(config, workdir)  # --mode=eval restores it.
+    assert again["test/psnr"] == pytest.approx(results["test/psnr"])
