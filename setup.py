@@ -26,6 +26,7 @@ setuptools.setup(
         "etils[epath]>=1.5",  # Paths for orbax and TFDS (imported directly by diffax).
         "tqdm>=4.60",  # The progress bar on a terminal.
         "safetensors>=0.4",  # Pretrained autoencoder (VAE) weights in diffusers' format.
+        "diffrax>=0.7",  # Adaptive ODE solvers for the probability-flow likelihood.
     ],
     extras_require={
         "test": [

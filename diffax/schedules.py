@@ -119,3 +119,21 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
             position += stride
         start += size
     return set(kept)
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Returns float64 betas [T] whose last alpha_bar is 0 and first unchanged (Lin et al. 2024).
+
+    Algorithm 1 of "Common Diffusion Noise Schedules and Sample Steps are Flawed": shift
+    sqrt(alpha_bar) so its last value is 0, scale it so its first value is unchanged, and rebuild
+    betas from the ratios of consecutive alpha_bar; the last beta is then 1. With a terminal SNR of
+    0, x_T carries no signal and eps-prediction cannot recover x0 there (x0 = (x_T - eps) / 0):
+    train with mean_type "v" (their choice) or "x0".
+    """
+    betas = np.asarray(betas, dtype=np.float64)
+    sqrt_alphas_cumprod = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = sqrt_alphas_cumprod[0], sqrt_alphas_cumprod[-1]
+    sqrt_alphas_cumprod = (sqrt_alphas_cumprod - last) * first / (first - last)
+    alphas_cumprod = sqrt_alphas_cumprod**2
+    alphas = np.append(alphas_cumprod[0], alphas_cumprod[1:] / alphas_cumprod[:-1])
+    return 1.0 - alphas
