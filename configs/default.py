@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.class_cond = False  # Conditions on data labels (needs data.num_classes > 0).
     model.dtype = "float32"  # Compute dtype: "bfloat16" on accelerators; params stay float32.
     model.remat = False  # Activation checkpointing of the residual and attention blocks.
+    model.fourier_features = ()  # U-Net: exponents n of sin/cos(2^n pi x) input channels (VDM).
     # DiT (model.name = "dit"; Peebles & Xie 2023) also reads num_heads, class_cond, dtype, remat.
     model.patch_size = 2  # DiT: side of the square patches that become tokens; divides image_size.
     model.hidden_size = 384  # DiT: token width D (DiT-S; a multiple of 4 and of num_heads).
@@ -71,6 +72,16 @@ def get_config() -> ml_collections.ConfigDict:
     # "mse" (alias "simple"), "rescaled_mse" ("hybrid"), "kl", "rescaled_kl" ("vlb").
     diffusion.loss_type = "mse"
     diffusion.timestep_sampler = "uniform"  # "uniform" or "loss_second_moment".
+    # "discrete" (the chain above, integer t) or "continuous" (diffax.continuous, t in [0, 1]).
+    diffusion.kind = "discrete"
+    # Continuous: -log SNR schedule, one of diffax.continuous.SCHEDULES ("learned": VDM's network).
+    diffusion.gamma_schedule = "linear_gamma"
+    diffusion.gamma_min = -13.3  # Continuous: -log SNR at t = 0 (VDM).
+    diffusion.gamma_max = 5.0  # Continuous: -log SNR at t = 1 (VDM).
+    diffusion.schedule_hidden = 1024  # Continuous: width of the learned schedule's network (VDM).
+    # Continuous training loss, one of diffax.continuous.WEIGHTINGS ("elbo": the bound itself).
+    diffusion.weighting = "elbo"
+    diffusion.min_snr_gamma = 5.0  # Continuous: the Min-SNR clamp (Hang et al. 2023).
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # Global batch, split over every device of every process.
@@ -100,6 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
     ev.batch_size = 256  # Global batch for bits/dim and sampling.
     ev.num_bpd_examples = -1  # Test examples for bits/dim; -1 takes the whole split.
     ev.conditional_bpd = False  # Also report p(x|y) bits/dim of a class-conditional model.
+    ev.bpd_t_samples = 1  # Continuous: low-discrepancy times per example for the bound.
     ev.num_samples = 1000  # Samples to generate.
     # "ddpm", "ddim", or a diffax.solvers sampler: "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
     # "unipc", "euler", "heun", "euler_ancestral", "ancestral".

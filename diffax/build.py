@@ -4,6 +4,7 @@ The training loop, evaluation, sampling and the tools all call these; a new back
 in `diffax/models/` plus one entry in `MODELS`.
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ def _unet(config: ml_collections.ConfigDict, out_channels: int) -> unet.UNet:
         num_classes=config.data.num_classes if m.class_cond else 0,
         dtype=jnp.dtype(m.dtype),
         remat=m.remat,
+        fourier_features=tuple(m.fourier_features),
     )
 
 
@@ -140,9 +142,61 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
     return MODELS[config.model.name](config, out_channels)
 
 
-def create_process(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffusion:
-    """Returns the training process of config.diffusion."""
+@dataclasses.dataclass(frozen=True)
+class ContinuousProcess:
+    """A continuous-time process (diffax.continuous) as training, eval and sampling use it.
+
+    With the learned schedule the parameters are {"model", "schedule"}; `gamma_fn(params)` and
+    `model_params(params)` give each part (fixed schedules: the parameters are the model's).
+    """
+
+    schedule: str  # One of continuous.SCHEDULES.
+    gamma_range: tuple[float, float]  # The model's conditioning range of gamma = -log SNR.
+    fixed_gamma: Callable | None  # gamma_fn of a fixed schedule; None when learned.
+    schedule_module: nn.Module | None  # The learned schedule; None when fixed.
+    mean_type: str
+    learn_sigma: bool = False  # The bound fixes the reverse variance: C output channels.
+
+    @property
+    def learned(self) -> bool:
+        """Returns whether the schedule is learned (its parameters live beside the model's)."""
+        return self.schedule_module is not None
+
+    def gamma_fn(self, params: Any) -> Callable:
+        """Returns t [B] -> gamma(t) [B] for these parameters."""
+        if not self.learned:
+            return self.fixed_gamma
+        return lambda t: self.schedule_module.apply({"params": params["schedule"]}, t)
+
+    def model_params(self, params: Any) -> Any:
+        """Returns the network's part of the parameters."""
+        return params["model"] if self.learned else params
+
+
+def is_continuous(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether config.diffusion is a continuous-time process."""
+    return config.diffusion.kind == "continuous"
+
+
+def create_process(config: ml_collections.ConfigDict):
+    """Returns the training process of config.diffusion: a GaussianDiffusion (discrete) or a
+    ContinuousProcess."""
     d = config.diffusion
+    if is_continuous(config):
+        from diffax import continuous
+
+        learned = d.gamma_schedule == "learned"
+        return ContinuousProcess(
+            schedule=d.gamma_schedule,
+            gamma_range=tuple(
+                continuous.conditioning_range(d.gamma_schedule, d.gamma_min, d.gamma_max)
+            ),
+            fixed_gamma=None
+            if learned
+            else continuous.get_gamma_fn(d.gamma_schedule, d.gamma_min, d.gamma_max),
+            schedule_module=continuous.schedule_module(config) if learned else None,
+            mean_type=d.mean_type,
+        )
     betas = schedules.get_named_beta_schedule(d.schedule, d.num_timesteps)
     return diffusion.GaussianDiffusion.create(
         betas, mean_type=d.mean_type, var_type=d.var_type, loss_type=d.loss_type
@@ -177,6 +231,10 @@ def init_params(rng: jax.Array, model: nn.Module, config: ml_collections.ConfigD
         from diffax import autoencoder
 
         return autoencoder.init_params(rng, model, image_shape(config))
+    if is_continuous(config):
+        from diffax import continuous
+
+        return continuous.init_params(rng, model, config)
     x = jnp.zeros((1, *image_shape(config)), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     y = jnp.zeros((1,), jnp.int32) if num_classes(config) else None

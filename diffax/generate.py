@@ -80,7 +80,12 @@ class Generator:
         self.classifier_model, self.classifier_params = classifier or (None, None)
         self.label_classes = self.num_classes or getattr(self.classifier_model, "num_classes", 0)
         self.mesh = mesh
-        if config.eval.sampler in CHAIN_SAMPLERS:
+        # A continuous-time process (build.ContinuousProcess): its grid depends on the params.
+        self.continuous = not isinstance(process, diffusion.GaussianDiffusion)
+        if self.continuous:
+            self.process, self.grid = process, None
+            self.num_steps = config.eval.sample_steps
+        elif config.eval.sampler in CHAIN_SAMPLERS:
             self.process, self.grid = sampling_process(config, process), None
             self.num_steps = self.process.num_timesteps
         else:
@@ -107,6 +112,16 @@ class Generator:
         """Returns one batch of samples in [-1, 1]: [B, H, W, C]; with return_every = k > 0 also
         the chain, every k-th step's x [steps // k, B, H, W, C] from the same scan."""
         ev, model = self.config.eval, self.model
+        grid = self.grid
+        if self.continuous:
+            from diffax import continuous
+
+            grid = continuous.sampling_grid(
+                self.process.gamma_fn(params),
+                self.num_steps,
+                gamma_range=self.process.gamma_range,
+            )
+            params = self.process.model_params(params)
         if self.num_classes and ev.guidance_scale:
             conditional = lambda x, t, y: models.model_fn(model, params, y)(x, t)
             model_fn = sampling.classifier_free_guidance(
@@ -122,10 +137,10 @@ class Generator:
             scale = ev.classifier_scale
             if ev.sampler == "ddim":  # The eps shift (Dhariwal & Nichol, Algorithm 2).
                 model_fn = classifier.guided_model_fn(model_fn, guidance_fn, self.process, scale)
-        if self.grid is not None:
+        if grid is not None:
             denoise_fn = solvers.denoiser(
                 model_fn,
-                self.grid,
+                grid,
                 self.process.mean_type,
                 self.process.learn_sigma,
                 clip_denoised=ev.clip_denoised,
@@ -135,7 +150,7 @@ class Generator:
             out = solvers.sample(
                 ev.sampler,
                 denoise_fn,
-                self.grid,
+                grid,
                 self.shape,
                 key,
                 return_every=return_every,
@@ -163,7 +178,7 @@ class Generator:
                 guidance_fn=guidance_fn,
                 guidance_scale=scale,
             )
-        if self.grid is None:
+        if grid is None:
             self.nfe = self.num_steps
         if return_every:
             return out["sample"], out["intermediates"]

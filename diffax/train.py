@@ -114,6 +114,21 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process
     `classifier.train_step` for a noisy classifier, `autoencoder.train_step` for an autoencoder."""
     if build.is_classifier(config):
         return functools.partial(classifier.train_step, model=model, process=process)
+    if build.is_continuous(config):
+        from diffax import continuous
+
+        return functools.partial(
+            continuous.train_step,
+            model=model,
+            gamma=process.schedule_module if process.learned else process.fixed_gamma,
+            num_levels=config.data.num_levels,
+            weighting=config.diffusion.weighting,
+            learned_schedule=process.learned,
+            mean_type=config.diffusion.mean_type,
+            min_snr_gamma=config.diffusion.min_snr_gamma,
+            gamma_range=process.gamma_range,
+            label_dropout=config.training.label_dropout,
+        )
     if build.is_autoencoder(config):
         from diffax import autoencoder
 

@@ -176,6 +176,54 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _validate_continuous(config: ml_collections.ConfigDict) -> None:
+    from diffax import continuous
+
+    d = config.diffusion
+    _choice(d.gamma_schedule, "diffusion.gamma_schedule", continuous.SCHEDULES)
+    _choice(d.weighting, "diffusion.weighting", continuous.WEIGHTINGS)
+    for field in ("gamma_min", "gamma_max"):
+        _number(d[field], f"diffusion.{field}", -float("inf"), float("inf"))
+    if not d.gamma_min < d.gamma_max:
+        raise ConfigError(
+            f"diffusion.gamma_min={d.gamma_min} must be below diffusion.gamma_max={d.gamma_max}: "
+            "-log SNR increases from t = 0 to t = 1."
+        )
+    _positive_int(d.schedule_hidden, "diffusion.schedule_hidden")
+    _number(d.min_snr_gamma, "diffusion.min_snr_gamma", 0.0, float("inf"))
+    if d.min_snr_gamma == 0:
+        raise ConfigError("diffusion.min_snr_gamma=0 must be positive (Hang et al.'s gamma).")
+    if d.gamma_schedule == "learned" and d.weighting != "elbo":
+        raise ConfigError(
+            f"diffusion.gamma_schedule='learned' needs diffusion.weighting='elbo' (got "
+            f"{d.weighting!r}): with another weighting the schedule changes the objective."
+        )
+    if d.var_type in diffusion.LEARNED_VAR_TYPES:
+        raise ConfigError(
+            f"diffusion.kind='continuous' with diffusion.var_type={d.var_type!r}: the continuous "
+            "bound fixes the reverse variance; use 'fixed_small'."
+        )
+
+
+def _validate_continuous_eval(config: ml_collections.ConfigDict) -> None:
+    ev = config.eval
+    if ev.sampler in generate.CHAIN_SAMPLERS and ev.sampler != "ddim":
+        raise ConfigError(
+            f"eval.sampler={ev.sampler!r} samples the discrete chain only; a continuous-time "
+            f"model takes one of {', '.join(solvers.SAMPLERS)} (e.g. 'ancestral')."
+        )
+    if ev.sample_steps < 1:
+        raise ConfigError(
+            "eval.sample_steps=0 means every step of a discrete chain; a continuous-time model "
+            "needs a positive count of steps."
+        )
+    if ev.classifier_scale:
+        raise ConfigError(
+            f"eval.classifier_scale={ev.classifier_scale}: classifier guidance of continuous-time "
+            "models is not built yet; use 0."
+        )
+
+
 def _validate_diffusion(config: ml_collections.ConfigDict) -> None:
     d = config.diffusion
     _choice(d.schedule, "diffusion.schedule", schedules.BETA_SCHEDULES)
@@ -184,6 +232,9 @@ def _validate_diffusion(config: ml_collections.ConfigDict) -> None:
     _choice(d.var_type, "diffusion.var_type", diffusion.VAR_TYPES)
     _choice(d.loss_type, "diffusion.loss_type", (*diffusion.LOSS_TYPES, *diffusion.LOSS_ALIASES))
     _choice(d.timestep_sampler, "diffusion.timestep_sampler", timestep_sampler.TIMESTEP_SAMPLERS)
+    _choice(d.kind, "diffusion.kind", ("discrete", "continuous"))
+    if build.is_continuous(config):
+        _validate_continuous(config)
     loss_type = diffusion.LOSS_ALIASES.get(d.loss_type, d.loss_type)
     if loss_type == "rescaled_mse" and d.var_type not in diffusion.LEARNED_VAR_TYPES:
         raise ConfigError(
@@ -240,12 +291,15 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
     _positive_int(ev.num_samples, "eval.num_samples")
     _choice(ev.sampler, "eval.sampler", generate.SAMPLERS)
     _positive_int(ev.sample_steps, "eval.sample_steps", allow_zero=True)
-    if ev.sample_steps > d.num_timesteps:
+    _positive_int(ev.bpd_t_samples, "eval.bpd_t_samples")
+    if build.is_continuous(config):
+        _validate_continuous_eval(config)
+    elif ev.sample_steps > d.num_timesteps:
         raise ConfigError(
             f"eval.sample_steps={ev.sample_steps} exceeds diffusion.num_timesteps="
             f"{d.num_timesteps}; use at most {d.num_timesteps} (0 for every step)."
         )
-    if ev.sampler == "ddim" and ev.sample_steps:
+    if ev.sampler == "ddim" and ev.sample_steps and not build.is_continuous(config):
         try:
             schedules.space_timesteps(d.num_timesteps, f"ddim{ev.sample_steps}")
         except ValueError as e:
@@ -253,7 +307,7 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
                 f"eval.sample_steps={ev.sample_steps} cannot be honoured by a DDIM stride over "
                 f"diffusion.num_timesteps={d.num_timesteps} ({e})."
             ) from None
-    if ev.sampler not in generate.CHAIN_SAMPLERS:
+    if ev.sampler not in generate.CHAIN_SAMPLERS and not build.is_continuous(config):
         if not isinstance(ev.sample_spacing, str):
             raise ConfigError(f"eval.sample_spacing={ev.sample_spacing!r} must be a string.")
         try:

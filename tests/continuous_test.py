@@ -134,7 +134,7 @@ class ScheduleTest(parameterized.TestCase):
 
     def test_fourier_features(self):
         x = jnp.array([0.25, -0.5, 1.0 / 3.0]).reshape(1, 1, 1, 3)
-        out = continuous.fourier_features(x, exponents=(1, 3))
+        out = layers.fourier_features(x, exponents=(1, 3))
         chex.assert_shape(out, (1, 1, 1, 15))
         chex.assert_trees_all_close(out[..., :3], x)
         expected_sin = np.concatenate([np.sin(2.0**n * np.pi * np.asarray(x)) for n in (1, 3)], -1)

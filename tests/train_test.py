@@ -301,3 +301,30 @@ def test_an_autoencoder_trains_and_reports_psnr_and_its_latent_scale(tiny_config
     assert os.path.exists(results["reconstructions_png"])
     again = evaluate.evaluate_checkpoint(config, workdir)  # --mode=eval restores it.
     assert again["test/psnr"] == pytest.approx(results["test/psnr"])
+
+
+@pytest.mark.parametrize("schedule", ["learned", "linear_gamma"])
+def test_a_continuous_vdm_trains_reports_its_bound_and_samples(tiny_config, tmp_path, schedule):
+    from configs import digits_vdm
+
+    config = digits_vdm.get_config()
+    tiny = tiny_config()
+    config.data.data_dir = tiny.data.data_dir
+    config.model.update(
+        ch=32, channel_mult=(1, 1), num_res_blocks=1, dropout=0.0, attention_resolutions=(4,)
+    )
+    config.diffusion.update(gamma_schedule=schedule, schedule_hidden=16)
+    config.training.update(num_steps=2, checkpoint_every=2, log_every=1, batch_size=16)
+    config.eval.update(
+        batch_size=32, num_bpd_examples=32, num_samples=16, sample_steps=5, bpd_t_samples=2
+    )
+    workdir = str(tmp_path / schedule)
+    results = train.train_and_evaluate(config, workdir)
+    # The bound in bits/dim: prior + reconstruction + diffusion terms, each finite and >= 0.
+    parts = results["test/prior_bpd"] + results["test/decoder_bpd"] + results["test/diffusion_bpd"]
+    assert results["test/bpd"] == pytest.approx(parts, rel=1e-5)
+    assert min(results["test/prior_bpd"], results["test/decoder_bpd"]) >= 0
+    assert results["sampler"] == "ancestral-5" and results["sampler_nfe"] == 5
+    png = evaluate.sample_checkpoint(config, workdir, num_samples=4)
+    saved = np.load(png.replace(".png", ".npz"))
+    assert saved["levels"].shape == (4, 8, 8, 1)

@@ -203,3 +203,17 @@ class AttentionBlock(nn.Module):
             name="proj_out",
         )(out)  # [B, L, C]
         return x + out.reshape(batch, height, width, channels).astype(x.dtype)
+
+
+def fourier_features(x: jax.Array, exponents: tuple[int, ...] = (7, 8)) -> jax.Array:
+    """Returns [x, sin(2^n pi x) for n, cos(2^n pi x) for n] on the last axis: C (1 + 2 len(n)).
+
+    VDM sec. 3.4: high-frequency features of the noisy input let the network resolve the fine
+    details (bins of width 2/255) that dominate the likelihood at low noise. x is [B, H, W, C].
+    """
+    if not exponents:
+        return x
+    freqs = jnp.asarray([2.0**n * math.pi for n in exponents], x.dtype)  # [N]
+    angles = x[..., None] * freqs  # [B, H, W, C, N]
+    angles = jnp.moveaxis(angles, -1, -2).reshape(*x.shape[:-1], -1)  # [B, H, W, N C]
+    return jnp.concatenate([x, jnp.sin(angles), jnp.cos(angles)], axis=-1)

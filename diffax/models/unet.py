@@ -18,6 +18,7 @@ from diffax.models.layers import (
     ResBlock,
     Upsample,
     conv,
+    fourier_features,
     group_norm,
     timestep_embedding,
 )
@@ -45,6 +46,8 @@ class UNet(nn.Module):
     num_classes: int = 0  # > 0: class-conditional; label num_classes is the learned null class
     dtype: Any = jnp.float32  # compute dtype; params, norms, softmax and the output are float32
     remat: bool = False  # rematerialise residual and attention blocks in the backward pass
+    # Exponents n of sin/cos(2^n pi x) channels appended to the input (VDM sec. 3.4); () none.
+    fourier_features: tuple[int, ...] = ()
 
     def _check_inputs(self, x: jax.Array, y: jax.Array | None) -> None:
         """Raises ValueError for inputs the configured network cannot process."""
@@ -78,6 +81,8 @@ class UNet(nn.Module):
         stream when `train=True`.
         """
         self._check_inputs(x, y)
+        if self.fourier_features:
+            x = fourier_features(x, tuple(self.fourier_features))
         height = x.shape[1]
         res_block = nn.remat(ResBlock) if self.remat else ResBlock
         attn_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
