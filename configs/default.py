@@ -112,6 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
     ev.num_bpd_examples = -1  # Test examples for bits/dim; -1 takes the whole split.
     ev.conditional_bpd = False  # Also report p(x|y) bits/dim of a class-conditional model.
     ev.bpd_t_samples = 1  # Continuous: low-discrepancy times per example for the bound.
+    ev.ode_bpd = False  # Also report the probability-flow ODE bits/dim (diffax.ode_likelihood).
+    ev.ode_tolerance = 1e-5  # PF-ODE: rtol = atol of the adaptive Dopri5 steps.
+    ev.ode_divergence = "exact"  # PF-ODE: "exact" (small images) or "hutchinson" (large ones).
     ev.num_samples = 1000  # Samples to generate.
     # "ddpm", "ddim", or a diffax.solvers sampler: "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
     # "unipc", "euler", "heun", "euler_ancestral", "ancestral".

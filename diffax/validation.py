@@ -292,6 +292,12 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
     _choice(ev.sampler, "eval.sampler", generate.SAMPLERS)
     _positive_int(ev.sample_steps, "eval.sample_steps", allow_zero=True)
     _positive_int(ev.bpd_t_samples, "eval.bpd_t_samples")
+    if not isinstance(ev.ode_bpd, bool):
+        raise ConfigError(f"eval.ode_bpd={ev.ode_bpd!r} must be True or False.")
+    _choice(ev.ode_divergence, "eval.ode_divergence", ("exact", "hutchinson"))
+    _number(ev.ode_tolerance, "eval.ode_tolerance", 0.0, 1.0)
+    if ev.ode_tolerance == 0:
+        raise ConfigError("eval.ode_tolerance=0 must be positive (the ODE's rtol and atol).")
     if build.is_continuous(config):
         _validate_continuous_eval(config)
     elif ev.sample_steps > d.num_timesteps:

@@ -318,6 +318,8 @@ def test_a_continuous_vdm_trains_reports_its_bound_and_samples(tiny_config, tmp_
     config.eval.update(
         batch_size=32, num_bpd_examples=32, num_samples=16, sample_steps=5, bpd_t_samples=2
     )
+    # The PF-ODE likelihood on request (loose tolerance: an untrained model, a smoke test).
+    config.eval.update(ode_bpd=schedule == "learned", ode_tolerance=1e-3)
     workdir = str(tmp_path / schedule)
     results = train.train_and_evaluate(config, workdir)
     # The bound in bits/dim: prior + reconstruction + diffusion terms, each finite and >= 0.
@@ -325,6 +327,8 @@ def test_a_continuous_vdm_trains_reports_its_bound_and_samples(tiny_config, tmp_
     assert results["test/bpd"] == pytest.approx(parts, rel=1e-5)
     assert min(results["test/prior_bpd"], results["test/decoder_bpd"]) >= 0
     assert results["sampler"] == "ancestral-5" and results["sampler_nfe"] == 5
+    if config.eval.ode_bpd:  # Dequantized data: a density, so bits/dim can be of either sign.
+        assert np.isfinite(results["test/ode_bpd"])
     png = evaluate.sample_checkpoint(config, workdir, num_samples=4)
     saved = np.load(png.replace(".png", ".npz"))
     assert saved["levels"].shape == (4, 8, 8, 1)
