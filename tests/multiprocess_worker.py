@@ -34,6 +34,13 @@ def main():
     trainer = train.Trainer(config)
     assert trainer.mesh.size == 8 and jax.process_count() == num_processes
     state = trainer.init()
+    step_fn = trainer.compile(config.training.batch_size)
+    if num_processes > 1:
+        # Start the collectives together: gloo's rendezvous times out after 30 s, and one process
+        # can finish compiling much later than the other on 2 busy cores.
+        from jax._src import distributed as jax_distributed
+
+        jax_distributed.global_state.client.wait_at_barrier("compiled", 600_000)
     local = config.training.batch_size // num_processes
     rows = slice(process_id * local, (process_id + 1) * local)
     losses = []
@@ -45,7 +52,7 @@ def main():
             "label": rng.integers(0, 10, size=(b,)).astype(np.int32),
         }
         global_batch = sharding.global_batch({k: v[rows] for k, v in batch.items()}, trainer.mesh)
-        state, metrics = trainer.train_step(state, global_batch)
+        state, metrics = step_fn(state, global_batch)
         losses.append(float(metrics["loss"]))
     manager = checkpointing.create_manager(workdir)
     checkpointing.save(manager, 3, state, config)
