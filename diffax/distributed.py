@@ -39,3 +39,22 @@ def initialize(
         jax.device_count(),
     )
     return True
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+    """Waits until every process reaches `name` (a no-op alone), through the coordination service.
+
+    Used after compiling so the first collective starts together: CPU collectives (gloo) give up
+    after 30 s, and one process can finish compiling minutes after another.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # The public API has no host barrier.
+
+    client = jax_distributed.global_state.client
+    if client is None:  # A runtime not started by jax.distributed (e.g. some TPU setups).
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(name, timeout_s * 1000)

@@ -18,6 +18,7 @@ from diffax import (
     checkpointing,
     classifier,
     diffusion,
+    distributed,
     evaluate,
     generate,
     input_pipeline,
@@ -304,6 +305,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
         config.data, local_batch, seed=config.seed, start_batch=start_step
     )
     step_fn = trainer.compile(training.batch_size)
+    distributed.barrier("diffax_train_step_compiled")
     writer = summaries.create_writer(workdir)
     grid_size = min(config.eval.num_samples, 100)  # Grids during training: 100 at most.
     generator = None
