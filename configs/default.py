@@ -83,6 +83,16 @@ def get_config() -> ml_collections.ConfigDict:
     diffusion.weighting = "elbo"
     diffusion.min_snr_gamma = 5.0  # Continuous: the Min-SNR clamp (Hang et al. 2023).
 
+    # Super-resolution by concatenation (SR3, Saharia et al. 2021; ADM's upsampler): the model
+    # sees the image downsampled to low_res_size and upsampled back beside x_t, corrupted by noise
+    # conditioning augmentation of level s (Ho et al. 2022, CDM sec. 3.2), s an input of the model.
+    config.super_resolution = sr = ml_collections.ConfigDict()
+    sr.low_res_size = 0  # Side of the conditioning images; 0: not a super-resolution model.
+    sr.upsample_method = "linear"  # Conditioning upsampler: "nearest", "linear" or "cubic".
+    sr.train_aug_max = 0.0  # Training draws s ~ U[0, train_aug_max] per example (0: none).
+    sr.sample_aug_level = 0.0  # s at evaluation and sampling (a cascade's chosen level).
+    sr.base_workdir = _unset()  # --mode=sample: upsample this base model's samples (a cascade).
+
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # Global batch, split over every device of every process.
     training.num_steps = 500_000  # Optimizer steps in total.

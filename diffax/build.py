@@ -41,6 +41,7 @@ def _unet(config: ml_collections.ConfigDict, out_channels: int) -> unet.UNet:
         dtype=jnp.dtype(m.dtype),
         remat=m.remat,
         fourier_features=tuple(m.fourier_features),
+        low_res_cond=is_super_resolution(config),
     )
 
 
@@ -57,6 +58,7 @@ def _dit(config: ml_collections.ConfigDict, out_channels: int) -> dit.DiT:
         num_classes=config.data.num_classes if m.class_cond else 0,
         dtype=jnp.dtype(m.dtype),
         remat=m.remat,
+        low_res_cond=is_super_resolution(config),
     )
 
 
@@ -123,6 +125,31 @@ def is_classifier(config: ml_collections.ConfigDict) -> bool:
 def is_autoencoder(config: ml_collections.ConfigDict) -> bool:
     """Returns whether the config trains an autoencoder instead of a diffusion model."""
     return config.model.name in AUTOENCODERS
+
+
+def is_super_resolution(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether the denoiser is conditioned on a low-resolution copy of its image."""
+    return config.super_resolution.low_res_size > 0
+
+
+def conditioning_fn(
+    config: ml_collections.ConfigDict, train: bool
+) -> Callable[[jax.Array, jax.Array], dict] | None:
+    """Returns fn(images [B, H, W, C], key) -> the backbone's further inputs made from the batch
+    (super-resolution: low_res and aug_level, s random in training, fixed in evaluation), or None
+    for a model that needs none."""
+    if not is_super_resolution(config):
+        return None
+    from diffax import super_resolution
+
+    sr = config.super_resolution
+    return functools.partial(
+        super_resolution.conditioning,
+        low_res_size=sr.low_res_size,
+        aug_level=sr.train_aug_max if train else sr.sample_aug_level,
+        random_level=train,
+        method=sr.upsample_method,
+    )
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -238,7 +265,9 @@ def init_params(rng: jax.Array, model: nn.Module, config: ml_collections.ConfigD
     x = jnp.zeros((1, *image_shape(config)), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     y = jnp.zeros((1,), jnp.int32) if num_classes(config) else None
-    return model.init({"params": rng}, x, t, y, train=False)["params"]
+    make_conditioning = conditioning_fn(config, train=False)
+    extra = make_conditioning(x, rng) if make_conditioning else {}
+    return model.init({"params": rng}, x, t, y, train=False, **extra)["params"]
 
 
 def init_state(

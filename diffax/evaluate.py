@@ -61,6 +61,17 @@ def restore_eval_params(
     return eval_params(state, config), step
 
 
+def workdir_config(workdir: str) -> dict | None:
+    """Returns the config saved with a workdir's newest checkpoint (a plain dict), None if none."""
+    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+        return None
+    manager = checkpointing.create_manager(workdir, read_only=True)
+    try:
+        return checkpointing.saved_config(manager)
+    finally:
+        checkpointing.close(manager)
+
+
 def restore_classifier(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
 ) -> tuple[Any, Any]:
@@ -70,15 +81,7 @@ def restore_classifier(
     sampled model's (the guidance is evaluated at the same timesteps).
     """
     workdir = config.eval.classifier_workdir
-    manager = checkpointing.create_manager(workdir, read_only=True)
-    try:
-        saved = (
-            checkpointing.saved_config(manager)
-            if os.path.isdir(checkpointing.checkpoint_dir(workdir))
-            else None
-        )
-    finally:
-        checkpointing.close(manager)
+    saved = workdir_config(workdir)
     if saved is None:
         raise FileNotFoundError(
             f"eval.classifier_workdir={workdir!r} holds no checkpoint: train a noisy classifier "
@@ -248,9 +251,26 @@ def evaluate_autoencoder(
     return results
 
 
-def _bpd_sums(params, batch, key, *, model, process, num_levels, null_label, t_samples=1):
-    """Returns masked sums over a batch of the bound's terms (bits/dim), and the example count."""
+def _bpd_sums(
+    params,
+    batch,
+    key,
+    *,
+    model,
+    process,
+    num_levels,
+    null_label,
+    t_samples=1,
+    conditioning_fn=None,
+):
+    """Returns masked sums over a batch of the bound's terms (bits/dim), and the example count.
+
+    conditioning_fn(images, key) gives the backbone's further inputs (super-resolution: the
+    bound is then of the image given its low-resolution copy)."""
     labels = batch["label"]
+    cond = None
+    if conditioning_fn is not None:
+        cond = conditioning_fn(batch["image"], jax.random.fold_in(key, 1))
     if null_label is not None:
         labels = jnp.full_like(labels, null_label)
     mask = batch["mask"]
@@ -276,7 +296,7 @@ def _bpd_sums(params, batch, key, *, model, process, num_levels, null_label, t_s
         }
     out = diffusion.calc_bpd(
         process,
-        models.model_fn(model, params, labels),
+        models.model_fn(model, params, labels, conditioning=cond),
         batch["image"],
         key,
         clip_denoised=True,
@@ -306,6 +326,7 @@ def evaluate_bpd(config, model, process, mesh, params, conditional: bool = False
             num_levels=config.data.num_levels,
             null_label=null_label,
             t_samples=config.eval.bpd_t_samples,
+            conditioning_fn=build.conditioning_fn(config, train=False),
         )
     )
     accumulate = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,))
@@ -382,12 +403,17 @@ def evaluate_ode_bpd(config, model, process, mesh, params) -> dict:
 
 
 def save_samples(
-    config: ml_collections.ConfigDict, workdir: str, name: str, samples: np.ndarray, labels=None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    name: str,
+    samples: np.ndarray,
+    labels=None,
+    columns: int | None = None,
 ) -> str:
     """Writes the samples' grid and .npz into the workdir on process 0; returns the png path."""
     if jax.process_index() != 0:
         return os.path.join(workdir, name + ".png")
-    columns = images.grid_columns(len(samples), build.num_classes(config))
+    columns = columns or images.grid_columns(len(samples), build.num_classes(config))
     return images.save_samples(
         workdir, name, samples, config.data.num_levels, labels, columns=columns
     )
@@ -417,7 +443,9 @@ def evaluate_params(
     """Computes bits/dim, samples and their quality for params; writes eval_<step>.json."""
     results: dict[str, Any] = {"step": step, "params": "ema" if config.eval.use_ema else "raw"}
     args = (config, model, process, mesh, params)
-    results.update({f"test/{k}": v for k, v in evaluate_bpd(*args).items()})
+    # A super-resolution model's bound is of the image given its low-resolution copy.
+    suffix = "_given_low_res" if build.is_super_resolution(config) else ""
+    results.update({f"test/{k}{suffix}": v for k, v in evaluate_bpd(*args).items()})
     if config.eval.ode_bpd:
         results.update({f"test/{k}": v for k, v in evaluate_ode_bpd(*args).items()})
     if build.num_classes(config) and config.eval.conditional_bpd:
@@ -427,12 +455,28 @@ def evaluate_params(
     generator = generate.Generator(
         config, model, process, mesh, classifier=_guidance_classifier(config, mesh)
     )
-    samples = generator.generate(params, config.eval.num_samples, seed=step)
+    if build.is_super_resolution(config):
+        # Upsample the eval split's own low-resolution copies; labels are the true ones.
+        from diffax import cascade
+
+        samples, labels, figures = cascade.super_resolve_eval_split(config, generator, params, step)
+        grid, grid_columns = figures.pop("grid"), figures.pop("grid_columns")
+        results.update(figures)
+    else:
+        samples = generator.generate(params, config.eval.num_samples, seed=step)
+        labels = generator.labels(len(samples))
     if not np.all(np.isfinite(samples)):
         raise FloatingPointError(
             f"Sampling at step {step} gave non-finite images; the parameters are not usable."
         )
-    labels = generator.labels(len(samples))
+    if build.is_super_resolution(config):
+        results["samples_png"] = save_samples(
+            config,
+            workdir,
+            f"eval_super_resolution_{step:08d}",
+            grid,
+            columns=grid_columns,
+        )
     if config.eval.quality_metrics:
         from diffax.metrics import quality
 
@@ -440,14 +484,15 @@ def evaluate_params(
             quality.quality_metrics(
                 config,
                 samples,
-                labels if build.num_classes(config) else None,
+                labels if build.num_classes(config) or build.is_super_resolution(config) else None,
                 workdir,
                 functools.partial(input_pipeline.eval_split_images, config.data),
             )
         )
-    results["samples_png"] = save_samples(
-        config, workdir, f"eval_samples_{step:08d}", samples, labels
-    )
+    if not build.is_super_resolution(config):
+        results["samples_png"] = save_samples(
+            config, workdir, f"eval_samples_{step:08d}", samples, labels
+        )
     results["sampler"] = f"{config.eval.sampler}-{generator.num_steps}"
     results["sampler_nfe"] = generator.nfe  # Sequential model calls per batch.
     results["forward_passes_per_sample"] = generator.forward_passes_per_sample
@@ -510,6 +555,12 @@ def sample_checkpoint(
     generator = generate.Generator(
         config, model, process, mesh, num_samples=num_samples, classifier=classifier
     )
+    if build.is_super_resolution(config):
+        from diffax import cascade
+
+        return cascade.sample_super_resolution(
+            config, workdir, generator, params, step, num_samples
+        )
     frames = config.eval.chain_frames
     samples, chain = generator.generate_with_chain(params, num_samples, step + 1, frames)
     name = f"samples_{step:08d}_n{num_samples}"

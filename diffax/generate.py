@@ -10,6 +10,7 @@ import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
@@ -54,6 +55,11 @@ def sampling_process(
         return process
     spec = f"ddim{steps}" if config.eval.sampler == "ddim" else str(steps)
     return process.respace(schedules.space_timesteps(process.num_timesteps, spec))
+
+
+def _resize_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    """Returns x [n, ...] repeated cyclically to [rows, ...] (a short last batch, padded)."""
+    return x[np.arange(rows) % len(x)]
 
 
 def sample_labels(num_samples: int, num_classes: int) -> np.ndarray:
@@ -107,10 +113,19 @@ class Generator:
         self._chains: dict[int, Callable] = {}  # return_every -> jitted sampler with the chain.
 
     def _sample_batch(
-        self, params, key: jax.Array, labels: jax.Array, classifier_params=None, return_every=0
+        self,
+        params,
+        key: jax.Array,
+        labels: jax.Array,
+        classifier_params=None,
+        conditioning=None,
+        return_every=0,
     ):
         """Returns one batch of samples in [-1, 1]: [B, H, W, C]; with return_every = k > 0 also
-        the chain, every k-th step's x [steps // k, B, H, W, C] from the same scan."""
+        the chain, every k-th step's x [steps // k, B, H, W, C] from the same scan.
+
+        conditioning: the backbone's further inputs for this batch (super-resolution: low_res
+        [B, H, W, C], aug_level [B]) or None."""
         ev, model = self.config.eval, self.model
         grid = self.grid
         if self.continuous:
@@ -123,12 +138,16 @@ class Generator:
             )
             params = self.process.model_params(params)
         if self.num_classes and ev.guidance_scale:
-            conditional = lambda x, t, y: models.model_fn(model, params, y)(x, t)
+            # The guided call doubles the batch (labels, then the null class): so does the rest.
+            doubled = jax.tree.map(lambda c: jnp.concatenate([c, c]), conditioning)
+            conditional = lambda x, t, y: models.model_fn(model, params, y, conditioning=doubled)(
+                x, t
+            )
             model_fn = sampling.classifier_free_guidance(
                 conditional, labels, null_label=self.num_classes, guidance_scale=ev.guidance_scale
             )
         else:
-            model_fn = models.model_fn(model, params, labels)
+            model_fn = models.model_fn(model, params, labels, conditioning=conditioning)
         guidance_fn, scale = None, 0.0
         if self.classifier_model is not None and ev.classifier_scale:
             from diffax import classifier
@@ -196,26 +215,52 @@ class Generator:
         """Returns the class each of num_samples samples is drawn for."""
         return sample_labels(num_samples, self.label_classes)
 
-    def generate(self, params, num_samples: int, seed: int = 0) -> np.ndarray:
+    def generate(
+        self,
+        params,
+        num_samples: int,
+        seed: int = 0,
+        labels: np.ndarray | None = None,
+        conditioning: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Returns num_samples images in [-1, 1] as float32 numpy [N, H, W, C]."""
-        return self.generate_with_chain(params, num_samples, seed)[0]
+        return self.generate_with_chain(
+            params, num_samples, seed, labels=labels, conditioning=conditioning
+        )[0]
 
     def generate_with_chain(
-        self, params, num_samples: int, seed: int = 0, chain_frames: int = 0
+        self,
+        params,
+        num_samples: int,
+        seed: int = 0,
+        chain_frames: int = 0,
+        labels: np.ndarray | None = None,
+        conditioning: dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Returns (images [N, H, W, C], chain [F + 1, n, H, W, C] or None) in [-1, 1].
 
-        With chain_frames = F > 0 the first batch's sampler also returns x every steps // F
-        steps (the same scan that draws the images, not a second run): the chain of its n
-        samples, the final images last. The images are those generate() returns.
+        labels [N] default to `self.labels(N)`; conditioning holds the backbone's further inputs,
+        [N, ...] each (super-resolution). With chain_frames = F > 0 the first batch's sampler also
+        returns x every steps // F steps (the same scan that draws the images, not a second run):
+        the chain of its n samples, the final images last. The images are those generate()
+        returns.
         """
-        labels = self.labels(num_samples)
+        labels = self.labels(num_samples) if labels is None else np.asarray(labels, np.int32)
         batches, chain = [], None
         for i in range(0, num_samples, self.batch_size):
             chunk = labels[i : i + self.batch_size]
             padded = np.resize(chunk, self.batch_size)  # Same shape every call: one compile.
             key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
             global_labels = jax.device_put(padded, sharding.batch_sharding(self.mesh))
+            cond = None
+            if conditioning is not None:
+                cond = {
+                    k: jax.device_put(
+                        _resize_rows(np.asarray(v[i : i + self.batch_size]), self.batch_size),
+                        sharding.batch_sharding(self.mesh),
+                    )
+                    for k, v in conditioning.items()
+                }
             if chain_frames and i == 0:
                 every = max(1, self.num_steps // chain_frames)
                 if every not in self._chains:
@@ -223,13 +268,13 @@ class Generator:
                         functools.partial(self._sample_batch, return_every=every)
                     )
                 batch, steps = self._chains[every](
-                    params, key, global_labels, self.classifier_params
+                    params, key, global_labels, self.classifier_params, cond
                 )
                 images = sharding.to_host(batch)
                 chain = np.concatenate([sharding.to_host(steps), images[None]])[:, : len(chunk)]
             else:
                 images = sharding.to_host(
-                    self._sample(params, key, global_labels, self.classifier_params)
+                    self._sample(params, key, global_labels, self.classifier_params, cond)
                 )
             batches.append(images[: len(chunk)])
         return np.concatenate(batches)[:num_samples], chain

@@ -403,15 +403,26 @@ def create_eval_iterator(
     return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
 
 
-def eval_split_images(
+def eval_split_examples(
     data_config: ml_collections.ConfigDict, num_examples: int = -1, batch_size: int = 256
-) -> np.ndarray:
-    """Returns float32 [n, H, W, C] in [-1, 1]: the first num_examples (-1: all) of eval_split.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (images float32 [n, H, W, C] in [-1, 1], labels int32 [n]): the first num_examples
+    (-1: all) of eval_split.
 
-    Every process reads the whole split (padding rows dropped), so each gets the same images.
+    Every process reads the whole split (padding rows dropped), so each gets the same examples.
     """
     iterator = create_eval_iterator(
         data_config, batch_size, num_examples=num_examples, process_index=0, process_count=1
     )
-    batches = [batch["image"][batch["mask"] > 0] for batch in iterator]  # [b, H, W, C] each
-    return np.concatenate(batches)
+    batches = [(b["image"][b["mask"] > 0], b["label"][b["mask"] > 0]) for b in iterator]
+    return (
+        np.concatenate([images for images, _ in batches]),
+        np.concatenate([labels for _, labels in batches]).astype(np.int32),
+    )
+
+
+def eval_split_images(
+    data_config: ml_collections.ConfigDict, num_examples: int = -1, batch_size: int = 256
+) -> np.ndarray:
+    """Returns float32 [n, H, W, C] in [-1, 1]: the first num_examples (-1: all) of eval_split."""
+    return eval_split_examples(data_config, num_examples, batch_size)[0]

@@ -42,8 +42,12 @@ def train_step(
     label_dropout: float,
     importance_sampling: bool,
     grad_accum_steps: int = 1,
+    conditioning_fn: Callable[[jax.Array, jax.Array], dict] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on a global batch {"image": [B, H, W, C], "label": [B]}; pure."""
+    """One optimizer step on a global batch {"image": [B, H, W, C], "label": [B]}; pure.
+
+    conditioning_fn(images, key) makes the backbone's further inputs from the batch (see
+    build.conditioning_fn; super-resolution's low-resolution copies)."""
     images, labels = batch["image"], batch["label"]
     batch_size = images.shape[0]
     # Every random draw derives from (base key, step): a resumed run repeats them exactly.
@@ -60,16 +64,22 @@ def train_step(
     if num_classes:
         drop = jax.random.uniform(label_key, labels.shape) < label_dropout
         labels = jnp.where(drop, num_classes, labels)  # The null class.
+    # Its own key (not a fifth split above), so models without it draw exactly as before.
+    cond = {}
+    if conditioning_fn is not None:
+        cond = conditioning_fn(images, jax.random.fold_in(key, 1))
 
     def loss_fn(params, micro):
-        x0, t_micro, noise_micro, y, w, rng = micro
-        model_fn = models.model_fn(model, params, y, train=True, dropout_rng=rng)
+        x0, t_micro, noise_micro, y, w, c, rng = micro
+        model_fn = models.model_fn(
+            model, params, y, train=True, dropout_rng=rng, conditioning=c or None
+        )
         terms = diffusion.training_losses(
             process, model_fn, x0, t_micro, noise_micro, num_levels=num_levels
         )
         return jnp.mean(terms["loss"] * w), terms
 
-    micro = (images, t, noise, labels, weights)
+    micro = (images, t, noise, labels, weights, cond)
     if grad_accum_steps == 1:
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, (*micro, dropout_key)
@@ -147,6 +157,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process
         label_dropout=config.training.label_dropout,
         importance_sampling=config.diffusion.timestep_sampler == "loss_second_moment",
         grad_accum_steps=config.training.grad_accum_steps,
+        conditioning_fn=build.conditioning_fn(config, train=True),
     )
 
 

@@ -372,6 +372,42 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("data.dataset='image_folder' needs data.folder, the folder to read.")
 
 
+def _validate_super_resolution(config: ml_collections.ConfigDict) -> None:
+    sr = config.super_resolution
+    _positive_int(sr.low_res_size, "super_resolution.low_res_size", allow_zero=True)
+    if not sr.low_res_size:
+        if sr.base_workdir:
+            raise ConfigError(
+                "super_resolution.base_workdir is set but super_resolution.low_res_size=0: only "
+                "an upsampler (low_res_size > 0) samples a cascade."
+            )
+        return
+    from diffax import super_resolution
+
+    size = config.data.image_size
+    if sr.low_res_size >= size or size % sr.low_res_size:
+        raise ConfigError(
+            f"super_resolution.low_res_size={sr.low_res_size} must be smaller than "
+            f"data.image_size={size} and divide it."
+        )
+    if config.model.name not in ("unet", "dit") or config.diffusion.kind != "discrete":
+        raise ConfigError(
+            "super_resolution.low_res_size > 0 needs a discrete-time denoiser: model.name 'unet' "
+            f"or 'dit' with diffusion.kind='discrete' (got {config.model.name!r}, "
+            f"{config.diffusion.kind!r})."
+        )
+    if config.eval.ode_bpd:
+        raise ConfigError(
+            "eval.ode_bpd=True is not available for a super-resolution model "
+            "(super_resolution.low_res_size > 0): its ODE would need the low-resolution input."
+        )
+    _choice(
+        sr.upsample_method, "super_resolution.upsample_method", super_resolution.UPSAMPLE_METHODS
+    )
+    _number(sr.train_aug_max, "super_resolution.train_aug_max", 0.0, 1.0)
+    _number(sr.sample_aug_level, "super_resolution.sample_aug_level", 0.0, 1.0)
+
+
 def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Raises ConfigError with one sentence naming the field and what is accepted."""
     device_count = jax.device_count() if device_count is None else device_count
@@ -380,6 +416,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     _validate_diffusion(config)
     _validate_training(config, device_count)
     _validate_eval(config, device_count)
+    _validate_super_resolution(config)
     mesh = config.mesh
     for field in ("data", "fsdp"):
         value = mesh[field]

@@ -25,16 +25,19 @@ def model_fn(
     *,
     train: bool = False,
     dropout_rng: jax.Array | None = None,
+    conditioning: dict[str, jax.Array] | None = None,
 ) -> ModelFn:
     """Returns `fn(x_t, timesteps) -> output` of the model with fixed params and labels [B].
 
-    labels are passed only to a class-conditional model (model.num_classes > 0); train=True
+    labels are passed only to a class-conditional model (model.num_classes > 0); conditioning
+    holds further keyword inputs of the backbone (super-resolution: low_res, aug_level); train=True
     enables dropout, drawn from dropout_rng.
     """
     y = labels if getattr(model, "num_classes", 0) else None
     rngs = {"dropout": dropout_rng} if train else None
+    extra = conditioning or {}
 
     def fn(x_t: jax.Array, timesteps: jax.Array) -> jax.Array:
-        return model.apply({"params": params}, x_t, timesteps, y, train=train, rngs=rngs)
+        return model.apply({"params": params}, x_t, timesteps, y, train=train, rngs=rngs, **extra)
 
     return fn

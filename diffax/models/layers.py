@@ -217,3 +217,34 @@ def fourier_features(x: jax.Array, exponents: tuple[int, ...] = (7, 8)) -> jax.A
     angles = x[..., None] * freqs  # [B, H, W, C, N]
     angles = jnp.moveaxis(angles, -1, -2).reshape(*x.shape[:-1], -1)  # [B, H, W, N C]
     return jnp.concatenate([x, jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def check_low_res_inputs(
+    low_res_cond: bool, x: jax.Array, low_res: jax.Array | None, aug_level: jax.Array | None
+) -> None:
+    """Raises ValueError unless a super-resolution model gets `low_res` [B, H, W, C'] at x's size
+    and `aug_level` [B], and any other model gets neither."""
+    if not low_res_cond:
+        if low_res is not None or aug_level is not None:
+            raise ValueError("low_res / aug_level were given but low_res_cond=False")
+        return
+    if low_res is None or aug_level is None:
+        raise ValueError("low_res_cond=True needs low_res and aug_level inputs, got None")
+    if low_res.shape[:3] != x.shape[:3]:
+        raise ValueError(
+            f"low_res {low_res.shape} must be upsampled to x's batch and size {x.shape[:3]}"
+        )
+
+
+class LevelEmbedding(nn.Module):
+    """Embeds a noise-augmentation level s in [0, 1] `[B]` like a timestep (s scaled to 0..1000),
+    through a two-layer MLP, in float32: the conditioning of a cascade's upsampler (CDM, Imagen)."""
+
+    features: int
+    frequency_dim: int
+
+    @nn.compact
+    def __call__(self, level: jax.Array) -> jax.Array:
+        emb = timestep_embedding(1000.0 * level.astype(jnp.float32), self.frequency_dim)
+        emb = nn.Dense(self.features, param_dtype=jnp.float32, name="dense_0")(emb)
+        return nn.Dense(self.features, param_dtype=jnp.float32, name="dense_1")(nn.silu(emb))
