@@ -93,6 +93,17 @@ def get_config() -> ml_collections.ConfigDict:
     sr.sample_aug_level = 0.0  # s at evaluation and sampling (a cascade's chosen level).
     sr.base_workdir = _unset()  # --mode=sample: upsample this base model's samples (a cascade).
 
+    # Inpainting (1 = known pixels): a mask-conditioned model sees [x0 * m, m] beside x_t and
+    # trains on random masks (Saharia et al. 2022, Palette); RePaint (Lugmayr et al. 2022) fills
+    # in with any other model at --mode=sample.
+    config.inpainting = inpainting = ml_collections.ConfigDict()
+    inpainting.mask_cond = False  # Train a mask-conditioned model (on train_masks).
+    inpainting.train_masks = ("box", "half", "pixels")  # Kinds of diffax.inpainting.MASK_KINDS.
+    inpainting.eval_mask = "bottom_half"  # The unknown part at eval and sampling (FIXED_MASKS).
+    inpainting.repaint = False  # --mode=sample: inpaint eval_mask by RePaint with this model.
+    inpainting.repaint_jump = 10  # RePaint's jump length j (sec. 4.2; the paper's 10).
+    inpainting.repaint_resamplings = 10  # RePaint's resamplings r (the paper's 10); 1: none.
+
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # Global batch, split over every device of every process.
     training.num_steps = 500_000  # Optimizer steps in total.

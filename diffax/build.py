@@ -41,7 +41,8 @@ def _unet(config: ml_collections.ConfigDict, out_channels: int) -> unet.UNet:
         dtype=jnp.dtype(m.dtype),
         remat=m.remat,
         fourier_features=tuple(m.fourier_features),
-        low_res_cond=is_super_resolution(config),
+        concat_cond=is_super_resolution(config) or is_inpainting(config),
+        level_cond=is_super_resolution(config),
     )
 
 
@@ -58,7 +59,8 @@ def _dit(config: ml_collections.ConfigDict, out_channels: int) -> dit.DiT:
         num_classes=config.data.num_classes if m.class_cond else 0,
         dtype=jnp.dtype(m.dtype),
         remat=m.remat,
-        low_res_cond=is_super_resolution(config),
+        concat_cond=is_super_resolution(config) or is_inpainting(config),
+        level_cond=is_super_resolution(config),
     )
 
 
@@ -132,12 +134,34 @@ def is_super_resolution(config: ml_collections.ConfigDict) -> bool:
     return config.super_resolution.low_res_size > 0
 
 
+def is_inpainting(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether the denoiser is conditioned on a masked image and its mask."""
+    return bool(config.inpainting.mask_cond)
+
+
 def conditioning_fn(
     config: ml_collections.ConfigDict, train: bool
 ) -> Callable[[jax.Array, jax.Array], dict] | None:
     """Returns fn(images [B, H, W, C], key) -> the backbone's further inputs made from the batch
-    (super-resolution: low_res and aug_level, s random in training, fixed in evaluation), or None
-    for a model that needs none."""
+    (super-resolution: the low-resolution image and aug_level, s random in training, fixed in
+    evaluation; inpainting: the masked image and the mask, random masks in training, eval_mask in
+    evaluation), or None for a model that needs none."""
+    if is_inpainting(config):
+        from diffax import inpainting
+
+        ip = config.inpainting
+        size = config.data.image_size
+
+        def masked(images, key):
+            if train:
+                masks = inpainting.random_masks(key, images.shape[0], size, tuple(ip.train_masks))
+            else:
+                masks = jnp.broadcast_to(
+                    inpainting.fixed_mask(ip.eval_mask, size), (*images.shape[:3], 1)
+                )
+            return inpainting.conditioning(images, masks)
+
+        return masked
     if not is_super_resolution(config):
         return None
     from diffax import super_resolution

@@ -419,6 +419,30 @@ def save_samples(
     )
 
 
+def save_sample_grid(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    name: str,
+    generator: generate.Generator,
+    params: Any,
+    seed: int,
+    num_samples: int,
+) -> str:
+    """Draws and writes a grid of num_samples samples (training's periodic grids); an
+    image-conditioned model shows 10 eval-split inputs, its outputs and the originals instead."""
+    if build.is_super_resolution(config) or build.is_inpainting(config):
+        from diffax import image_tasks
+
+        task = (
+            image_tasks.super_resolve_eval_split
+            if build.is_super_resolution(config)
+            else image_tasks.inpaint
+        )
+        _, _, figures = task(config, generator, params, seed, 10)
+        return save_samples(config, workdir, name, figures["grid"], columns=figures["grid_columns"])
+    return save_samples(config, workdir, name, generator.generate(params, num_samples, seed))
+
+
 def _check_finite(figures: dict[str, float], step: int) -> None:
     """Raises FloatingPointError naming the non-finite figures: they are no result to report."""
     bad = sorted(name for name, value in figures.items() if not np.isfinite(value))
@@ -443,8 +467,10 @@ def evaluate_params(
     """Computes bits/dim, samples and their quality for params; writes eval_<step>.json."""
     results: dict[str, Any] = {"step": step, "params": "ema" if config.eval.use_ema else "raw"}
     args = (config, model, process, mesh, params)
-    # A super-resolution model's bound is of the image given its low-resolution copy.
+    # An image-conditioned model's bound is of the image given its low-resolution copy or its
+    # known part.
     suffix = "_given_low_res" if build.is_super_resolution(config) else ""
+    suffix = "_given_known_part" if build.is_inpainting(config) else suffix
     results.update({f"test/{k}{suffix}": v for k, v in evaluate_bpd(*args).items()})
     if config.eval.ode_bpd:
         results.update({f"test/{k}": v for k, v in evaluate_ode_bpd(*args).items()})
@@ -455,11 +481,19 @@ def evaluate_params(
     generator = generate.Generator(
         config, model, process, mesh, classifier=_guidance_classifier(config, mesh)
     )
-    if build.is_super_resolution(config):
-        # Upsample the eval split's own low-resolution copies; labels are the true ones.
-        from diffax import cascade
+    image_task = build.is_super_resolution(config) or build.is_inpainting(config)
+    if image_task:
+        # Upsample or fill in the eval split's own images; labels are the true ones.
+        from diffax import image_tasks
 
-        samples, labels, figures = cascade.super_resolve_eval_split(config, generator, params, step)
+        if build.is_super_resolution(config):
+            samples, labels, figures = image_tasks.super_resolve_eval_split(
+                config, generator, params, step
+            )
+        else:
+            samples, labels, figures = image_tasks.inpaint(
+                config, generator, params, step, config.eval.num_samples
+            )
         grid, grid_columns = figures.pop("grid"), figures.pop("grid_columns")
         results.update(figures)
     else:
@@ -469,11 +503,12 @@ def evaluate_params(
         raise FloatingPointError(
             f"Sampling at step {step} gave non-finite images; the parameters are not usable."
         )
-    if build.is_super_resolution(config):
+    if image_task:
+        kind = "super_resolution" if build.is_super_resolution(config) else "inpainting"
         results["samples_png"] = save_samples(
             config,
             workdir,
-            f"eval_super_resolution_{step:08d}",
+            f"eval_{kind}_{step:08d}",
             grid,
             columns=grid_columns,
         )
@@ -484,12 +519,12 @@ def evaluate_params(
             quality.quality_metrics(
                 config,
                 samples,
-                labels if build.num_classes(config) or build.is_super_resolution(config) else None,
+                labels if build.num_classes(config) or image_task else None,
                 workdir,
                 functools.partial(input_pipeline.eval_split_images, config.data),
             )
         )
-    if not build.is_super_resolution(config):
+    if not image_task:
         results["samples_png"] = save_samples(
             config, workdir, f"eval_samples_{step:08d}", samples, labels
         )
@@ -556,11 +591,15 @@ def sample_checkpoint(
         config, model, process, mesh, num_samples=num_samples, classifier=classifier
     )
     if build.is_super_resolution(config):
-        from diffax import cascade
+        from diffax import image_tasks
 
-        return cascade.sample_super_resolution(
+        return image_tasks.sample_super_resolution(
             config, workdir, generator, params, step, num_samples
         )
+    if build.is_inpainting(config) or config.inpainting.repaint:
+        from diffax import image_tasks
+
+        return image_tasks.sample_inpainting(config, workdir, generator, params, step, num_samples)
     frames = config.eval.chain_frames
     samples, chain = generator.generate_with_chain(params, num_samples, step + 1, frames)
     name = f"samples_{step:08d}_n{num_samples}"

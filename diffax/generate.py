@@ -124,8 +124,8 @@ class Generator:
         """Returns one batch of samples in [-1, 1]: [B, H, W, C]; with return_every = k > 0 also
         the chain, every k-th step's x [steps // k, B, H, W, C] from the same scan.
 
-        conditioning: the backbone's further inputs for this batch (super-resolution: low_res
-        [B, H, W, C], aug_level [B]) or None."""
+        conditioning: the backbone's further inputs for this batch (image conditioning: concat
+        [B, H, W, C'], aug_level [B]) or None."""
         ev, model = self.config.eval, self.model
         grid = self.grid
         if self.continuous:

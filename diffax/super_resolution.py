@@ -56,7 +56,7 @@ def conditioning(
     method: str = "linear",
 ) -> dict[str, jax.Array]:
     """Returns the model's conditioning inputs for high-resolution `images` `[B, H, W, C]`:
-    {"low_res": the downsampled, upsampled and augmented images `[B, H, W, C]`, "aug_level": s
+    {"concat": the downsampled, upsampled and augmented images `[B, H, W, C]`, "aug_level": s
     `[B]`}. Training draws s ~ U[0, aug_level] per example (random_level=True); evaluation and
     sampling use s = aug_level."""
     low = downsample(images, low_res_size)
@@ -84,7 +84,7 @@ def conditioning_from_low_res(
         level = level * jax.random.uniform(level_key, (batch,))
     up = upsample(low_res.astype(jnp.float32), image_size, method)
     noise = jax.random.normal(noise_key, up.shape, up.dtype)
-    return {"low_res": augment(up, level, noise), "aug_level": level}
+    return {"concat": augment(up, level, noise), "aug_level": level}
 
 
 def psnr(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.Array:

@@ -365,8 +365,15 @@ def _train_loop(config, workdir, trainer, manager, guard):
                 logging.warning("SIGTERM: saved the checkpoint at step %d; exiting.", done)
                 raise preemption.Preempted(done)
             if generator is not None and done % training.sample_every == 0:
-                samples = generator.generate(evaluate.eval_params(state, config), grid_size, done)
-                evaluate.save_samples(config, workdir, f"samples_{done:08d}", samples)
+                evaluate.save_sample_grid(
+                    config,
+                    workdir,
+                    f"samples_{done:08d}",
+                    generator,
+                    evaluate.eval_params(state, config),
+                    seed=done,
+                    num_samples=grid_size,
+                )
                 last_time, last_step = time.time(), done  # Keep sampling out of the steps/s.
     if bar is not None:
         bar.close()

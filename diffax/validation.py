@@ -408,6 +408,44 @@ def _validate_super_resolution(config: ml_collections.ConfigDict) -> None:
     _number(sr.sample_aug_level, "super_resolution.sample_aug_level", 0.0, 1.0)
 
 
+def _validate_inpainting(config: ml_collections.ConfigDict) -> None:
+    from diffax import inpainting
+
+    ip = config.inpainting
+    for field in ("mask_cond", "repaint"):
+        if not isinstance(ip[field], bool):
+            raise ConfigError(f"inpainting.{field}={ip[field]!r} must be True or False.")
+    _choice(ip.eval_mask, "inpainting.eval_mask", inpainting.FIXED_MASKS)
+    _positive_int(ip.repaint_jump, "inpainting.repaint_jump")
+    _positive_int(ip.repaint_resamplings, "inpainting.repaint_resamplings")
+    kinds = tuple(ip.train_masks) if isinstance(ip.train_masks, tuple | list) else ()
+    if not kinds or any(k not in inpainting.MASK_KINDS for k in kinds):
+        raise ConfigError(
+            f"inpainting.train_masks={ip.train_masks!r} must be a tuple of one or more of "
+            f"{', '.join(map(repr, inpainting.MASK_KINDS))}."
+        )
+    if not (ip.mask_cond or ip.repaint):
+        return
+    field = "inpainting.mask_cond" if ip.mask_cond else "inpainting.repaint"
+    if config.model.name not in ("unet", "dit") or config.diffusion.kind != "discrete":
+        raise ConfigError(
+            f"{field}=True needs a discrete-time denoiser: model.name 'unet' or 'dit' with "
+            f"diffusion.kind='discrete' (got {config.model.name!r}, {config.diffusion.kind!r})."
+        )
+    if config.super_resolution.low_res_size:
+        raise ConfigError(f"{field}=True and super_resolution.low_res_size > 0 do not combine.")
+    if ip.mask_cond and ip.repaint:
+        raise ConfigError(
+            "inpainting.repaint=True is for models without mask conditioning; this one has "
+            "inpainting.mask_cond=True and inpaints by itself."
+        )
+    if ip.mask_cond and config.eval.ode_bpd:
+        raise ConfigError(
+            "eval.ode_bpd=True is not available for a mask-conditioned model "
+            "(inpainting.mask_cond=True): its ODE would need the mask input."
+        )
+
+
 def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Raises ConfigError with one sentence naming the field and what is accepted."""
     device_count = jax.device_count() if device_count is None else device_count
@@ -417,6 +455,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     _validate_training(config, device_count)
     _validate_eval(config, device_count)
     _validate_super_resolution(config)
+    _validate_inpainting(config)
     mesh = config.mesh
     for field in ("data", "fsdp"):
         value = mesh[field]

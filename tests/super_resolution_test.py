@@ -51,12 +51,12 @@ def test_training_levels_are_uniform_below_the_maximum_and_evaluation_is_fixed()
     )
     levels = np.asarray(train_cond["aug_level"])
     assert levels.min() >= 0 and levels.max() <= 0.4 and abs(levels.mean() - 0.2) < 0.02
-    chex.assert_shape(train_cond["low_res"], (512, 8, 8, 1))
+    chex.assert_shape(train_cond["concat"], (512, 8, 8, 1))
     eval_cond = super_resolution.conditioning(
         images, jax.random.PRNGKey(1), low_res_size=4, aug_level=0.0, random_level=False
     )
     np.testing.assert_array_equal(eval_cond["aug_level"], 0.0)
-    np.testing.assert_array_equal(eval_cond["low_res"], 0.0)  # No noise at level 0.
+    np.testing.assert_array_equal(eval_cond["concat"], 0.0)  # No noise at level 0.
 
 
 def test_psnr_matches_its_definition():
@@ -122,13 +122,13 @@ def test_backbones_see_the_low_resolution_image_and_its_level(name):
     level = jnp.array([0.0, 0.2])
 
     def run(low_res, aug_level):
-        return model.apply({"params": params}, x, t, low_res=low_res, aug_level=aug_level)
+        return model.apply({"params": params}, x, t, concat=low_res, aug_level=aug_level)
 
     out = run(low, level)
     chex.assert_shape(out, (2, 8, 8, 2))
     assert float(jnp.max(jnp.abs(out - run(0 * low, level)))) > 1e-4
     assert float(jnp.max(jnp.abs(out - run(low, level + 0.5)))) > 1e-4
-    with pytest.raises(ValueError, match="low_res_cond=True needs"):
+    with pytest.raises(ValueError, match="concat_cond=True needs"):
         model.apply({"params": params}, x, t)
 
 
@@ -145,6 +145,7 @@ def test_validation_names_the_super_resolution_field():
 
 def test_main_job_trains_an_upsampler_reports_psnr_and_samples_a_cascade(data_dir, tmp_path):
     config = _sr_config(data__data_dir=data_dir)
+    config.training.sample_every = 2  # The training grids of an image-conditioned model too.
     results = train.train_and_evaluate(config, str(tmp_path / "sr"))
     for key in ("test/bpd_given_low_res", "samples/psnr", "samples/bicubic_psnr", "samples/ssim"):
         assert np.isfinite(results[key]), key

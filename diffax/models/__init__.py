@@ -30,7 +30,7 @@ def model_fn(
     """Returns `fn(x_t, timesteps) -> output` of the model with fixed params and labels [B].
 
     labels are passed only to a class-conditional model (model.num_classes > 0); conditioning
-    holds further keyword inputs of the backbone (super-resolution: low_res, aug_level); train=True
+    holds further keyword inputs of the backbone (concat, aug_level: image conditioning); train=True
     enables dropout, drawn from dropout_rng.
     """
     y = labels if getattr(model, "num_classes", 0) else None

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffax.models.layers import LevelEmbedding, check_low_res_inputs, timestep_embedding
+from diffax.models.layers import LevelEmbedding, check_image_cond_inputs, timestep_embedding
 
 Dtype = Any
 
@@ -191,9 +191,10 @@ class DiT(nn.Module):
     num_classes: int = 0  # > 0: class-conditional; label num_classes is the learned null class
     dtype: Any = jnp.float32  # compute dtype; params, norms, softmax and the output are float32
     remat: bool = False  # rematerialise each DiT block in the backward pass
-    # Super-resolution: `low_res` [B, H, W, C'] (at x's size) joins x's channels before patchify
-    # and the augmentation level `aug_level` [B] is embedded like t into c.
-    low_res_cond: bool = False
+    # Image conditioning: `concat` [B, H, W, C'] joins x's channels before patchify
+    # (super-resolution, inpainting); with level_cond, `aug_level` [B] is embedded like t into c.
+    concat_cond: bool = False
+    level_cond: bool = False
 
     def _check_inputs(self, x: jax.Array, y: jax.Array | None) -> None:
         """Raises ValueError for inputs or sizes the configured network cannot process."""
@@ -212,21 +213,21 @@ class DiT(nn.Module):
         y: jax.Array | None = None,
         *,
         train: bool = False,
-        low_res: jax.Array | None = None,
+        concat: jax.Array | None = None,
         aug_level: jax.Array | None = None,
     ) -> jax.Array:
         """Returns the float32 `[B, H, W, out_channels]` output for `x` `[B, H, W, C]`.
 
         `t` `[B]` int or float timesteps (unscaled, e.g. 0..T-1); `y` `[B]` int labels in
-        `0..num_classes` (num_classes = null class) or None; `low_res`, `aug_level`: see
-        low_res_cond. DiT has no dropout: `train` is accepted for the common backbone interface
-        and changes nothing.
+        `0..num_classes` (num_classes = null class) or None; `concat`, `aug_level`: see
+        concat_cond and level_cond. DiT has no dropout: `train` is accepted for the common
+        backbone interface and changes nothing.
         """
         del train
         self._check_inputs(x, y)
-        check_low_res_inputs(self.low_res_cond, x, low_res, aug_level)
-        if self.low_res_cond:
-            x = jnp.concatenate([x, low_res.astype(x.dtype)], axis=-1)
+        check_image_cond_inputs(self.concat_cond, self.level_cond, x, concat, aug_level)
+        if self.concat_cond:
+            x = jnp.concatenate([x, concat.astype(x.dtype)], axis=-1)
         _, height, width, _ = x.shape
         p = self.patch_size
 
@@ -253,7 +254,7 @@ class DiT(nn.Module):
                 name="label_embed",
             )
             c = c + label_embed(jnp.asarray(y, jnp.int32))  # [B, D]
-        if self.low_res_cond:
+        if self.level_cond:
             c = c + LevelEmbedding(self.hidden_size, TIMESTEP_FREQ_DIM, name="aug_level_embed")(
                 aug_level
             )

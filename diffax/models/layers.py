@@ -219,21 +219,25 @@ def fourier_features(x: jax.Array, exponents: tuple[int, ...] = (7, 8)) -> jax.A
     return jnp.concatenate([x, jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-def check_low_res_inputs(
-    low_res_cond: bool, x: jax.Array, low_res: jax.Array | None, aug_level: jax.Array | None
+def check_image_cond_inputs(
+    concat_cond: bool,
+    level_cond: bool,
+    x: jax.Array,
+    concat: jax.Array | None,
+    aug_level: jax.Array | None,
 ) -> None:
-    """Raises ValueError unless a super-resolution model gets `low_res` [B, H, W, C'] at x's size
-    and `aug_level` [B], and any other model gets neither."""
-    if not low_res_cond:
-        if low_res is not None or aug_level is not None:
-            raise ValueError("low_res / aug_level were given but low_res_cond=False")
-        return
-    if low_res is None or aug_level is None:
-        raise ValueError("low_res_cond=True needs low_res and aug_level inputs, got None")
-    if low_res.shape[:3] != x.shape[:3]:
-        raise ValueError(
-            f"low_res {low_res.shape} must be upsampled to x's batch and size {x.shape[:3]}"
-        )
+    """Raises ValueError unless a model conditioned by concatenation gets `concat` [B, H, W, C']
+    at x's batch and size (and `aug_level` [B] when level_cond), and others get neither."""
+    for wanted, value, name, field in (
+        (concat_cond, concat, "concat", "concat_cond"),
+        (level_cond, aug_level, "aug_level", "level_cond"),
+    ):
+        if wanted and value is None:
+            raise ValueError(f"{field}=True needs the {name} input, got None")
+        if not wanted and value is not None:
+            raise ValueError(f"a {name} input was given but {field}=False")
+    if concat is not None and concat.shape[:3] != x.shape[:3]:
+        raise ValueError(f"concat {concat.shape} must match x's batch and size {x.shape[:3]}")
 
 
 class LevelEmbedding(nn.Module):

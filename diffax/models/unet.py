@@ -18,7 +18,7 @@ from diffax.models.layers import (
     LevelEmbedding,
     ResBlock,
     Upsample,
-    check_low_res_inputs,
+    check_image_cond_inputs,
     conv,
     fourier_features,
     group_norm,
@@ -50,9 +50,11 @@ class UNet(nn.Module):
     remat: bool = False  # rematerialise residual and attention blocks in the backward pass
     # Exponents n of sin/cos(2^n pi x) channels appended to the input (VDM sec. 3.4); () none.
     fourier_features: tuple[int, ...] = ()
-    # Super-resolution (SR3, ADM's upsampler): `low_res` [B, H, W, C'] (upsampled to x's size) is
-    # concatenated to x and the augmentation level `aug_level` [B] is embedded like t.
-    low_res_cond: bool = False
+    # Image conditioning: `concat` [B, H, W, C'] joins x's channels (super-resolution: the
+    # upsampled low-resolution image, SR3; inpainting: the masked image and mask) ...
+    concat_cond: bool = False
+    # ... and a noise-augmentation level `aug_level` [B] is embedded like t (CDM, Imagen).
+    level_cond: bool = False
 
     def _check_inputs(self, x: jax.Array, y: jax.Array | None) -> None:
         """Raises ValueError for inputs the configured network cannot process."""
@@ -83,21 +85,21 @@ class UNet(nn.Module):
         y: jax.Array | None = None,
         *,
         train: bool = False,
-        low_res: jax.Array | None = None,
+        concat: jax.Array | None = None,
         aug_level: jax.Array | None = None,
     ) -> jax.Array:
         """Returns the float32 `[B, H, W, out_channels]` output for `x` `[B, H, W, C]`.
 
         `t` `[B]` int or float timesteps (unscaled, e.g. 0..T-1); `y` `[B]` int labels in
-        `0..num_classes` (num_classes = null class) or None; `low_res`, `aug_level`: see
-        low_res_cond. Dropout draws from the "dropout" RNG stream when `train=True`.
+        `0..num_classes` (num_classes = null class) or None; `concat`, `aug_level`: see
+        concat_cond and level_cond. Dropout draws from the "dropout" RNG stream when `train=True`.
         """
         self._check_inputs(x, y)
-        check_low_res_inputs(self.low_res_cond, x, low_res, aug_level)
+        check_image_cond_inputs(self.concat_cond, self.level_cond, x, concat, aug_level)
         if self.fourier_features:
             x = fourier_features(x, tuple(self.fourier_features))
-        if self.low_res_cond:
-            x = jnp.concatenate([x, low_res.astype(x.dtype)], axis=-1)
+        if self.concat_cond:
+            x = jnp.concatenate([x, concat.astype(x.dtype)], axis=-1)
         height = x.shape[1]
         res_block = nn.remat(ResBlock) if self.remat else ResBlock
         attn_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
@@ -128,7 +130,7 @@ class UNet(nn.Module):
             # One extra row: the learned null label for classifier-free guidance (Ho & Salimans).
             label_emb = nn.Embed(self.num_classes + 1, emb_dim, name="label_embed")
             emb = emb + label_emb(jnp.asarray(y, jnp.int32))  # [B, 4ch]
-        if self.low_res_cond:
+        if self.level_cond:
             emb = emb + LevelEmbedding(emb_dim, self.ch, name="aug_level_embed")(aug_level)
 
         # Encoder: skips holds every input-block output, consumed in reverse by the decoder.
