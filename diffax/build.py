@@ -234,7 +234,7 @@ def create_process(config: ml_collections.ConfigDict):
     ContinuousProcess."""
     d = config.diffusion
     if is_continuous(config):
-        from diffax import continuous
+        from diffax import continuous, continuous_train
 
         learned = d.gamma_schedule == "learned"
         return ContinuousProcess(
@@ -245,7 +245,7 @@ def create_process(config: ml_collections.ConfigDict):
             fixed_gamma=None
             if learned
             else continuous.get_gamma_fn(d.gamma_schedule, d.gamma_min, d.gamma_max),
-            schedule_module=continuous.schedule_module(config) if learned else None,
+            schedule_module=continuous_train.schedule_module(config) if learned else None,
             mean_type=d.mean_type,
         )
     betas = schedules.get_named_beta_schedule(d.schedule, d.num_timesteps)
@@ -283,9 +283,9 @@ def init_params(rng: jax.Array, model: nn.Module, config: ml_collections.ConfigD
 
         return autoencoder.init_params(rng, model, image_shape(config))
     if is_continuous(config):
-        from diffax import continuous
+        from diffax import continuous_train
 
-        return continuous.init_params(rng, model, config)
+        return continuous_train.init_params(rng, model, config)
     x = jnp.zeros((1, *image_shape(config)), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     y = jnp.zeros((1,), jnp.int32) if num_classes(config) else None

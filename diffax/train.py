@@ -126,10 +126,10 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process
     if build.is_classifier(config):
         return functools.partial(classifier.train_step, model=model, process=process)
     if build.is_continuous(config):
-        from diffax import continuous
+        from diffax import continuous_train
 
         return functools.partial(
-            continuous.train_step,
+            continuous_train.train_step,
             model=model,
             gamma=process.schedule_module if process.learned else process.fixed_gamma,
             num_levels=config.data.num_levels,

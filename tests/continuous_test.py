@@ -18,7 +18,7 @@ import pytest
 from absl.testing import parameterized
 from scipy import stats
 
-from diffax import continuous, diffusion, schedules, solvers
+from diffax import continuous, continuous_train, diffusion, schedules, solvers
 from diffax.models import layers, noise_schedule
 from diffax.train_state import TrainState
 
@@ -358,7 +358,7 @@ class LearnedScheduleTest(parameterized.TestCase):
         schedule, params, x0, model_loss_fn = self._setup()
         t = continuous.low_discrepancy_t(jax.random.PRNGKey(2), x0.shape[0])
         noise = jax.random.normal(jax.random.PRNGKey(3), x0.shape)
-        grads_fn = functools.partial(continuous.learned_schedule_grads, schedule)
+        grads_fn = functools.partial(continuous_train.learned_schedule_grads, schedule)
         _, _, grads = jax.jit(grads_fn, static_argnums=1)(
             params, functools.partial(model_loss_fn, noise), t
         )
@@ -385,7 +385,7 @@ class LearnedScheduleTest(parameterized.TestCase):
         def step(params, opt_state, key):
             t = continuous.low_discrepancy_t(key, x0.shape[0])
             noise = jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
-            _, _, grads = continuous.learned_schedule_grads(
+            _, _, grads = continuous_train.learned_schedule_grads(
                 schedule, params, functools.partial(model_loss_fn, noise), t
             )
             updates, opt_state = tx.update(grads["schedule"], opt_state)
@@ -432,11 +432,11 @@ class TrainStepTest(parameterized.TestCase):
         chex.clear_trace_counter()
         config = _tiny_config(schedule_name)
         model = TinyDenoiser()
-        params = continuous.init_params(jax.random.PRNGKey(0), model, config)
+        params = continuous_train.init_params(jax.random.PRNGKey(0), model, config)
         learned = schedule_name == "learned"
         self.assertEqual(set(params) == {"model", "schedule"}, learned)
         gamma = (
-            continuous.schedule_module(config)
+            continuous_train.schedule_module(config)
             if learned
             else continuous.get_gamma_fn(schedule_name)
         )
@@ -450,7 +450,7 @@ class TrainStepTest(parameterized.TestCase):
         @jax.jit
         @chex.assert_max_traces(n=1)
         def step(state, batch):
-            return continuous.train_step(
+            return continuous_train.train_step(
                 state,
                 batch,
                 model=model,
@@ -495,7 +495,7 @@ class TrainStepTest(parameterized.TestCase):
 
     def test_learned_schedule_refuses_other_weightings(self):
         with pytest.raises(ValueError, match="learned schedule"):
-            continuous.train_step(
+            continuous_train.train_step(
                 None,
                 {},
                 model=None,
