@@ -471,7 +471,8 @@ def evaluate_params(
     # known part.
     suffix = "_given_low_res" if build.is_super_resolution(config) else ""
     suffix = "_given_known_part" if build.is_inpainting(config) else suffix
-    results.update({f"test/{k}{suffix}": v for k, v in evaluate_bpd(*args).items()})
+    bpd = evaluate_bpd(*args)
+    results.update({f"test/{k}{suffix if 'bpd' in k else ''}": v for k, v in bpd.items()})
     if config.eval.ode_bpd:
         results.update({f"test/{k}": v for k, v in evaluate_ode_bpd(*args).items()})
     if build.num_classes(config) and config.eval.conditional_bpd:
