@@ -248,7 +248,9 @@ def evaluate_autoencoder(
     return results
 
 
-def _bpd_sums(params, batch, key, *, model, process, num_levels, null_label, t_samples=1):
+def _bpd_sums(
+    params, batch, key, *, model, process, num_levels, null_label, t_samples=1, clip_denoised=True
+):
     """Returns masked sums over a batch of the bound's terms (bits/dim), and the example count."""
     labels = batch["label"]
     if null_label is not None:
@@ -279,7 +281,7 @@ def _bpd_sums(params, batch, key, *, model, process, num_levels, null_label, t_s
         models.model_fn(model, params, labels),
         batch["image"],
         key,
-        clip_denoised=True,
+        clip_denoised=clip_denoised,
         num_levels=num_levels,
     )
     return {
@@ -290,11 +292,49 @@ def _bpd_sums(params, batch, key, *, model, process, num_levels, null_label, t_s
     }
 
 
-def evaluate_bpd(config, model, process, mesh, params, conditional: bool = False) -> dict:
+def _load_latent(config: ml_collections.ConfigDict, mesh):
+    """Returns the config's frozen autoencoder (diffax.latents), or None for pixel diffusion."""
+    if not build.is_latent(config):
+        return None
+    from diffax import latents
+
+    return latents.load(config, mesh)
+
+
+def evaluate_latent_bpd(config, model, process, mesh, params, *, latent, workdir) -> dict:
+    """Returns {"test/latent_bpd", "test/latent_prior_bpd", "test/latent_decoder_bpd",
+    "test/latent_num_examples"}: the full-chain bound on the eval split's cached latents.
+
+    The data are z = scale * posterior mean, continuous: the bound is on -log2 of a density
+    (its t = 0 term a Gaussian density, not a discretized decoder), per latent dimension. It can
+    be negative, shifts by -log2(scale) per dimension with the scale, and is no image bits/dim
+    (it leaves out the autoencoder's p(x | z)).
+    """
+    from diffax import latent_cache
+
+    cached = latent_cache.build_or_load(
+        latent,
+        config.data.eval_split,
+        latent_cache.cache_dir(config, workdir),
+        config.eval.batch_size,
+    )
+    local = sharding.per_process_batch_size(config.eval.batch_size, "eval.batch_size")
+    batches = latent_cache.eval_iterator(
+        cached, local, latent.scale, num_examples=config.eval.num_bpd_examples
+    )
+    out = evaluate_bpd(config, model, process, mesh, params, batches=batches)
+    return {f"test/latent_{k}": v for k, v in out.items()}
+
+
+def evaluate_bpd(
+    config, model, process, mesh, params, conditional: bool = False, batches=None
+) -> dict:
     """Returns test-split bits/dim (mean per example) by the full-chain variational bound.
 
     A class-conditional model is scored through its null class (p(x)) unless conditional=True.
-    Sums stay on the devices and are fetched once, after the last batch.
+    Sums stay on the devices and are fetched once, after the last batch. batches: eval batches
+    to score instead of data.eval_split's images (cached latents: then the bound ends in a
+    Gaussian density, build.data_levels, and pred_x0 is not clipped).
     """
     num_classes = getattr(model, "num_classes", 0)
     null_label = num_classes if num_classes and not conditional else None
@@ -303,15 +343,20 @@ def evaluate_bpd(config, model, process, mesh, params, conditional: bool = False
             _bpd_sums,
             model=model,
             process=process,
-            num_levels=config.data.num_levels,
             null_label=null_label,
             t_samples=config.eval.bpd_t_samples,
+            num_levels=build.data_levels(config),
+            clip_denoised=not build.is_latent(config),
         )
     )
     accumulate = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,))
     local = sharding.per_process_batch_size(config.eval.batch_size, "eval.batch_size")
-    data = input_pipeline.create_eval_iterator(
-        config.data, local, num_examples=config.eval.num_bpd_examples
+    data = (
+        batches
+        if batches is not None
+        else input_pipeline.create_eval_iterator(
+            config.data, local, num_examples=config.eval.num_bpd_examples
+        )
     )
     totals = None
     for i, batch in enumerate(data):
@@ -413,14 +458,23 @@ def evaluate_params(
     params: Any,
     step: int,
     writer=None,
+    latent=None,
 ) -> dict[str, Any]:
-    """Computes bits/dim, samples and their quality for params; writes eval_<step>.json."""
+    """Computes bits/dim, samples and their quality for params; writes eval_<step>.json.
+
+    With latent (a diffax.latents.LatentSpace: latent diffusion) the bound is on the eval split's
+    cached latents, reported as test/latent_* (see `evaluate_latent_bpd`), and the samples are
+    decoded to images before their grid and quality metrics.
+    """
     results: dict[str, Any] = {"step": step, "params": "ema" if config.eval.use_ema else "raw"}
     args = (config, model, process, mesh, params)
-    results.update({f"test/{k}": v for k, v in evaluate_bpd(*args).items()})
+    if latent is not None:
+        results.update(evaluate_latent_bpd(*args, latent=latent, workdir=workdir))
+    else:
+        results.update({f"test/{k}": v for k, v in evaluate_bpd(*args).items()})
     if config.eval.ode_bpd:
         results.update({f"test/{k}": v for k, v in evaluate_ode_bpd(*args).items()})
-    if build.num_classes(config) and config.eval.conditional_bpd:
+    if build.num_classes(config) and config.eval.conditional_bpd and latent is None:
         # p(x|y) for the true labels; test/bpd above is p(x) through the learned null class.
         results["test/bpd_conditional"] = evaluate_bpd(*args, conditional=True)["bpd"]
     _check_finite({k: v for k, v in results.items() if k.startswith("test/")}, step)
@@ -428,6 +482,8 @@ def evaluate_params(
         config, model, process, mesh, classifier=_guidance_classifier(config, mesh)
     )
     samples = generator.generate(params, config.eval.num_samples, seed=step)
+    if latent is not None:
+        samples = latent.decode(samples, generator.batch_size)
     if not np.all(np.isfinite(samples)):
         raise FloatingPointError(
             f"Sampling at step {step} gave non-finite images; the parameters are not usable."
@@ -442,7 +498,10 @@ def evaluate_params(
                 samples,
                 labels if build.num_classes(config) else None,
                 workdir,
-                functools.partial(input_pipeline.eval_split_images, config.data),
+                functools.partial(
+                    input_pipeline.eval_split_images,
+                    config.data if latent is None else latent.image_data,
+                ),
             )
         )
     results["samples_png"] = save_samples(
@@ -488,6 +547,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         params=params,
         step=step,
         writer=summaries.create_writer(workdir),
+        latent=_load_latent(config, mesh),
     )
 
 
@@ -512,6 +572,12 @@ def sample_checkpoint(
     )
     frames = config.eval.chain_frames
     samples, chain = generator.generate_with_chain(params, num_samples, step + 1, frames)
+    latent = _load_latent(config, mesh)
+    if latent is not None:  # Latent diffusion: decode the samples (and the chain) to images.
+        samples = latent.decode(samples, generator.batch_size)
+        if chain is not None:
+            decoded = latent.decode(chain.reshape(-1, *chain.shape[2:]), generator.batch_size)
+            chain = decoded.reshape(*chain.shape[:2], *decoded.shape[1:])
     name = f"samples_{step:08d}_n{num_samples}"
     path = save_samples(config, workdir, name, samples, generator.labels(num_samples))
     logging.info("Wrote %d samples to %s", num_samples, path)

@@ -81,6 +81,23 @@ def digits_quality(
     return results
 
 
+def to_digits_size(samples: np.ndarray) -> np.ndarray:
+    """Returns samples [N, 8k, 8k, 1] averaged over k x k blocks to the digits' [N, 8, 8, 1].
+
+    The digits classifier sees 8x8 images; latent diffusion on digits decodes to the upscaled
+    32x32 images its autoencoder was trained on, so they are shrunk back (area averaging) first.
+    """
+    samples = np.asarray(samples, np.float32)
+    n, height, width, channels = samples.shape
+    side = digits_classifier.IMAGE_SHAPE[0]
+    if height == width == side:
+        return samples
+    if height != width or height % side:
+        raise ValueError(f"digits samples must be [N, 8k, 8k, 1], got shape {samples.shape}")
+    k = height // side
+    return samples.reshape(n, side, k, side, k, channels).mean(axis=(2, 4))
+
+
 def _classifier_params(path: str) -> dict:
     """Returns the digits classifier at path, trained and saved there first if it is absent."""
     path = os.path.abspath(path)
@@ -179,13 +196,20 @@ def quality_metrics(
 ) -> dict[str, float]:
     """Returns the dataset's quality metrics as plain floats keyed "samples/<metric>".
 
-    digits: digits_quality (classifier at eval.classifier_path, default WORKDIR/digits_classifier);
+    digits: digits_quality (classifier at eval.classifier_path, default WORKDIR/digits_classifier)
+    of the samples shrunk to 8x8 by `to_digits_size` when larger (decoded latents: 32x32);
     other datasets: inception_quality when eval.inception_weights is set, else {} (logged).
     eval_images_fn(n) returns the first n (-1: all) images of data.eval_split.
     """
     ev = config.eval
     if config.data.dataset == "digits":
         classifier_path = ev.classifier_path or os.path.join(workdir, "digits_classifier")
+        if samples.shape[1] != digits_classifier.IMAGE_SHAPE[0]:
+            logging.info(
+                "Digits metrics on %s samples area-averaged to 8x8 (the classifier's size).",
+                "x".join(map(str, samples.shape[1:3])),
+            )
+        samples = to_digits_size(samples)
         metrics = digits_quality(samples, labels, classifier_path, config.data.num_levels)
     elif ev.inception_weights:
 
