@@ -4,9 +4,15 @@ Rombach et al. 2022 (sec. 3): a frozen f = 4 KL autoencoder (configs/digits_auto
 digits upscaled to 32x32, 8x8x4 latents) and a diffusion model on its latents, scaled to unit
 variance by 1 / std of the posterior means (LDM's rescaling of KL latents; read from the
 autoencoder's latent_stats.json). The denoiser and its training are configs/digits.py's
-(improved DDPM: cosine schedule, learned variance range with the hybrid loss, label dropout for
-classifier-free guidance), so the two runs compare pixel and latent space at the same cost per
-step. Samples are decoded to 32x32 images; the digits metrics see them area-averaged to 8x8.
+(improved DDPM: learned variance range with the hybrid loss, label dropout for classifier-free
+guidance), so the two runs compare pixel and latent space at the same cost per step, except for
+the schedule: DDPM's linear betas, as LDM (its latents are not clipped to [-1, 1] while sampling,
+and without that clipping the cosine schedule's last betas, clipped at 0.999, blow eps errors up:
+the first such run's samples had std ~4000), and the EMA rate: 0.995, not 0.999, whose average
+after 2000 steps still weighs the initial parameters by 0.999^2000 = 13% (diffax's EMA has no
+warm-up); without the clipping that hides this in pixel space, those EMA samples were noise
+while the raw parameters' were clean digits. Samples are decoded to 32x32 images; the digits
+metrics see them area-averaged to 8x8.
 
     python -m diffax.main --config=configs/digits_autoencoder.py --workdir=A
     python -m diffax.main --config=configs/digits_latent.py --workdir=L \\
@@ -23,5 +29,7 @@ def get_config():
     config.data.image_size = 8  # The latents: 32x32 images / f = 4.
     config.data.num_channels = 4  # The autoencoder's z_channels.
     config.data.random_flip = False  # Digits are not mirror-symmetric.
+    config.diffusion.schedule = "linear"  # Not cosine: see above.
+    config.training.ema_rates = (0.995,)  # Not 0.999: see above.
     config.eval.clip_denoised = False  # Latents are not confined to [-1, 1].
     return config

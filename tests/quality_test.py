@@ -117,3 +117,13 @@ def test_inception_metrics_of_samples_against_themselves(inception_weights):
     assert results["fid"] == pytest.approx(0.0, abs=1e-3)
     assert results["precision"] == 1.0 and results["recall"] == 1.0
     assert results["is_mean"] >= 1.0 - 1e-6
+
+
+def test_decoded_32x32_digits_are_area_averaged_to_the_classifiers_8x8():
+    rng = np.random.default_rng(0)
+    small = rng.uniform(-1, 1, (3, 8, 8, 1)).astype(np.float32)
+    big = np.repeat(np.repeat(small, 4, axis=1), 4, axis=2)  # [3, 32, 32, 1], constant 4x4 blocks
+    np.testing.assert_allclose(quality.to_digits_size(big), small, atol=1e-6)
+    np.testing.assert_array_equal(quality.to_digits_size(small), small)
+    with pytest.raises(ValueError, match=r"\[N, 8k, 8k, 1\]"):
+        quality.to_digits_size(np.zeros((2, 12, 12, 1), np.float32))
