@@ -114,12 +114,17 @@ def _encode_into(latent: LatentSpace, split: str, flip: bool, path: str, batch_s
                 latent.mesh,
             )
             mean, logvar = latent.encode(global_batch["image"])
-            keep = sharding.to_host(global_batch["mask"]) > 0
+            # Every process gathers (a collective with several processes); process 0 writes.
+            mean, logvar, label, mask = (
+                sharding.to_host(a)
+                for a in (mean, logvar, global_batch["label"], global_batch["mask"])
+            )
+            keep = mask > 0
             n = int(keep.sum())
             if writer and n:
-                files["mean"][count : count + n] = sharding.to_host(mean)[keep]
-                files["logvar"][count : count + n] = sharding.to_host(logvar)[keep]
-                files["label"][count : count + n] = sharding.to_host(global_batch["label"])[keep]
+                files["mean"][count : count + n] = mean[keep]
+                files["logvar"][count : count + n] = logvar[keep]
+                files["label"][count : count + n] = label[keep]
             count += n
     for array in files.values():
         array.flush()
