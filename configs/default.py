@@ -124,6 +124,19 @@ def get_config() -> ml_collections.ConfigDict:
     training.kl_weight = 1e-6  # Autoencoder: weight of KL(q(z|x) || N(0, I)) (LDM).
     training.reconstruction_loss = "l1"  # Autoencoder: "l1" (LDM) or "l2", summed over pixels.
 
+    # Latent diffusion (Rombach et al. 2022): the denoiser runs on a frozen autoencoder's latents;
+    # data.image_size and data.num_channels are then the latents' (the autoencoder's images are
+    # data.image_size * f wide); data.num_levels stays the images'.
+    config.latent = latent = ml_collections.ConfigDict()
+    # "" (diffusion on pixels), "workdir" (a diffax autoencoder) or "sd_vae" (diffusers weights).
+    latent.autoencoder = ""
+    latent.autoencoder_workdir = _unset()  # "workdir": a trained diffax autoencoder's workdir.
+    latent.sd_vae_weights = _unset()  # "sd_vae": a diffusers AutoencoderKL .safetensors or folder.
+    # Latents are multiplied by this before diffusion; unset: read from the autoencoder workdir's
+    # latent_stats.json (an SD VAE file has none: set 0.18215 for Stable Diffusion's).
+    latent.scale = _unset(float)
+    latent.cache_dir = _unset()  # Where the encoded splits are cached; unset: WORKDIR/latents.
+
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1  # Data-parallel axis size; -1 takes every device left after fsdp.
     mesh.fsdp = 1  # Parameter-sharding axis size.

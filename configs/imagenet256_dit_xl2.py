@@ -8,8 +8,10 @@ constant 1e-4, no weight decay, batch 256, EMA 0.9999, horizontal flips only (se
 (sec. 5.1); label dropout 0.1 for classifier-free guidance, sampled with 250 DDPM steps at
 guidance scale 1.5 (sec. 4, 5.1).
 
-Not runnable yet: diffax has no latent-diffusion path (VAE encoding of the data, decoding of the
-samples); the data fields below describe the latents the model sees.
+Runs on the latents of Stable Diffusion's VAE (diffax.latents, "sd_vae"): give the diffusers
+weights file on the command line, `--config.latent.sd_vae_weights=.../diffusion_pytorch_model.
+safetensors` (an off-the-shelf SD VAE, sec. 3.1); the 256x256 images are encoded once
+into the latent cache. The data fields below are the latents' (32x32x4), as in every latent config.
 """
 
 from configs import default
@@ -18,7 +20,8 @@ from configs import default
 def get_config():
     """Returns the ImageNet-256 DiT-XL/2 config."""
     config = default.get_config()
-    # Needs the latent-diffusion path (not built yet): VAE latents of imagenet2012 at 256x256.
+    config.latent.autoencoder = "sd_vae"  # latent.sd_vae_weights: set on the command line.
+    config.latent.scale = 0.18215  # Stable Diffusion's scaling factor, which DiT uses.
     config.data.dataset = "imagenet2012"
     config.data.image_size = 32  # The VAE's 32x32 latents of 256x256 images.
     config.data.num_channels = 4  # Latent channels.

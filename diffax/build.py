@@ -176,8 +176,25 @@ def conditioning_fn(
     )
 
 
+# config.latent.autoencoder values: "" diffuses pixels; the others name where the frozen first
+# stage comes from (diffax.latents loads it).
+LATENT_AUTOENCODERS = ("", "workdir", "sd_vae")
+
+
+def is_latent(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether the diffusion model runs on an autoencoder's latents (config.latent)."""
+    latent = config.get("latent")
+    return bool(latent is not None and latent.get("autoencoder"))
+
+
+def data_levels(config: ml_collections.ConfigDict) -> int:
+    """Returns the levels of what the denoiser models: data.num_levels for images, 0 for latents
+    (continuous values: the bound ends in a Gaussian density, not a discretized decoder)."""
+    return 0 if is_latent(config) else config.data.num_levels
+
+
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    """Returns [H, W, C] of the images the model sees."""
+    """Returns [H, W, C] of the images the model sees (the latents', for latent diffusion)."""
     return (config.data.image_size, config.data.image_size, config.data.num_channels)
 
 

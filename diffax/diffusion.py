@@ -16,7 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffax.distributions import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from diffax.distributions import (
+    discretized_gaussian_log_likelihood,
+    gaussian_log_likelihood,
+    mean_flat,
+    normal_kl,
+)
 
 MEAN_TYPES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
@@ -299,17 +304,20 @@ def vb_terms_bpd(
 ) -> dict[str, jax.Array]:
     """Returns {"vb": [B] bound term at t in bits/dim, "pred_x0"}.
 
-    The term is the discretized decoder NLL where t == 0 and KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t))
-    elsewhere, averaged over dimensions.
+    The term is the decoder NLL where t == 0 and KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t))
+    elsewhere, averaged over dimensions. The decoder is discretized to num_levels levels, or with
+    num_levels = 0 a Gaussian density (continuous data such as latents: a negative log density).
     """
     true_mean, _, true_log_variance = q_posterior_mean_variance(d, x0, x_t, t)
     out = p_mean_variance(d, model_output, x_t, t, clip_denoised=clip_denoised)
     kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"]))
-    decoder_nll = -mean_flat(
-        discretized_gaussian_log_likelihood(
+    if num_levels:
+        log_likelihood = discretized_gaussian_log_likelihood(
             x0, out["mean"], 0.5 * out["log_variance"], num_levels=num_levels
         )
-    )
+    else:
+        log_likelihood = gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
+    decoder_nll = -mean_flat(log_likelihood)
     vb = jnp.where(t == 0, decoder_nll, kl) / math.log(2.0)
     return {"vb": vb, "pred_x0": out["pred_x0"]}
 

@@ -1,5 +1,6 @@
-"""Distributions the variational bound is made of: Gaussian KL and the discretized Gaussian decoder
-(all in nats), and the per-example mean over dimensions."""
+"""Distributions the variational bound is made of: Gaussian KL, the discretized Gaussian decoder
+(images) and the Gaussian density (continuous data such as latents), all in nats, and the
+per-example mean over dimensions."""
 
 from __future__ import annotations
 
@@ -75,3 +76,12 @@ def discretized_gaussian_log_likelihood(
         jnp.where(x > 1.0 - half_width, log_sf_lower, log_delta),
     )
     return jnp.maximum(log_probs, math.log(_MIN_PROB))
+
+
+def gaussian_log_likelihood(x: jax.Array, means: jax.Array, log_scales: jax.Array) -> jax.Array:
+    """Returns the elementwise log density in nats of x under N(means, exp(log_scales)^2).
+
+    A density, not a probability: it can be positive. The decoder of continuous data (latents).
+    """
+    z = (x - means) * jnp.exp(-log_scales)
+    return -0.5 * (math.log(2.0 * math.pi) + jnp.square(z)) - log_scales

@@ -261,6 +261,7 @@ def _bpd_sums(
     num_levels,
     null_label,
     t_samples=1,
+    clip_denoised=True,
     conditioning_fn=None,
 ):
     """Returns masked sums over a batch of the bound's terms (bits/dim), and the example count.
@@ -299,7 +300,7 @@ def _bpd_sums(
         models.model_fn(model, params, labels, conditioning=cond),
         batch["image"],
         key,
-        clip_denoised=True,
+        clip_denoised=clip_denoised,
         num_levels=num_levels,
     )
     return {
@@ -310,11 +311,49 @@ def _bpd_sums(
     }
 
 
-def evaluate_bpd(config, model, process, mesh, params, conditional: bool = False) -> dict:
+def _load_latent(config: ml_collections.ConfigDict, mesh):
+    """Returns the config's frozen autoencoder (diffax.latents), or None for pixel diffusion."""
+    if not build.is_latent(config):
+        return None
+    from diffax import latents
+
+    return latents.load(config, mesh)
+
+
+def evaluate_latent_bpd(config, model, process, mesh, params, *, latent, workdir) -> dict:
+    """Returns {"test/latent_bpd", "test/latent_prior_bpd", "test/latent_decoder_bpd",
+    "test/latent_num_examples"}: the full-chain bound on the eval split's cached latents.
+
+    The data are z = scale * posterior mean, continuous: the bound is on -log2 of a density
+    (its t = 0 term a Gaussian density, not a discretized decoder), per latent dimension. It can
+    be negative, shifts by -log2(scale) per dimension with the scale, and is no image bits/dim
+    (it leaves out the autoencoder's p(x | z)).
+    """
+    from diffax import latent_cache
+
+    cached = latent_cache.build_or_load(
+        latent,
+        config.data.eval_split,
+        latent_cache.cache_dir(config, workdir),
+        config.eval.batch_size,
+    )
+    local = sharding.per_process_batch_size(config.eval.batch_size, "eval.batch_size")
+    batches = latent_cache.eval_iterator(
+        cached, local, latent.scale, num_examples=config.eval.num_bpd_examples
+    )
+    out = evaluate_bpd(config, model, process, mesh, params, batches=batches)
+    return {f"test/latent_{k}": v for k, v in out.items()}
+
+
+def evaluate_bpd(
+    config, model, process, mesh, params, conditional: bool = False, batches=None
+) -> dict:
     """Returns test-split bits/dim (mean per example) by the full-chain variational bound.
 
     A class-conditional model is scored through its null class (p(x)) unless conditional=True.
-    Sums stay on the devices and are fetched once, after the last batch.
+    Sums stay on the devices and are fetched once, after the last batch. batches: eval batches
+    to score instead of data.eval_split's images (cached latents: then the bound ends in a
+    Gaussian density, build.data_levels, and pred_x0 is not clipped).
     """
     num_classes = getattr(model, "num_classes", 0)
     null_label = num_classes if num_classes and not conditional else None
@@ -323,16 +362,21 @@ def evaluate_bpd(config, model, process, mesh, params, conditional: bool = False
             _bpd_sums,
             model=model,
             process=process,
-            num_levels=config.data.num_levels,
             null_label=null_label,
             t_samples=config.eval.bpd_t_samples,
             conditioning_fn=build.conditioning_fn(config, train=False),
+            num_levels=build.data_levels(config),
+            clip_denoised=not build.is_latent(config),
         )
     )
     accumulate = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,))
     local = sharding.per_process_batch_size(config.eval.batch_size, "eval.batch_size")
-    data = input_pipeline.create_eval_iterator(
-        config.data, local, num_examples=config.eval.num_bpd_examples
+    data = (
+        batches
+        if batches is not None
+        else input_pipeline.create_eval_iterator(
+            config.data, local, num_examples=config.eval.num_bpd_examples
+        )
     )
     totals = None
     for i, batch in enumerate(data):
@@ -427,9 +471,11 @@ def save_sample_grid(
     params: Any,
     seed: int,
     num_samples: int,
+    latent=None,
 ) -> str:
-    """Draws and writes a grid of num_samples samples (training's periodic grids); an
-    image-conditioned model shows 10 eval-split inputs, its outputs and the originals instead."""
+    """Draws and writes a grid of num_samples samples (training's periodic grids), decoded by the
+    latent autoencoder when there is one; an image-conditioned model shows 10 eval-split inputs,
+    its outputs and the originals instead."""
     if build.is_super_resolution(config) or build.is_inpainting(config):
         from diffax import image_tasks
 
@@ -440,7 +486,10 @@ def save_sample_grid(
         )
         _, _, figures = task(config, generator, params, seed, 10)
         return save_samples(config, workdir, name, figures["grid"], columns=figures["grid_columns"])
-    return save_samples(config, workdir, name, generator.generate(params, num_samples, seed))
+    samples = generator.generate(params, num_samples, seed)
+    if latent is not None:
+        samples = latent.decode(samples, generator.batch_size)
+    return save_samples(config, workdir, name, samples)
 
 
 def _check_finite(figures: dict[str, float], step: int) -> None:
@@ -463,19 +512,28 @@ def evaluate_params(
     params: Any,
     step: int,
     writer=None,
+    latent=None,
 ) -> dict[str, Any]:
-    """Computes bits/dim, samples and their quality for params; writes eval_<step>.json."""
+    """Computes bits/dim, samples and their quality for params; writes eval_<step>.json.
+
+    With latent (a diffax.latents.LatentSpace: latent diffusion) the bound is on the eval split's
+    cached latents, reported as test/latent_* (see `evaluate_latent_bpd`), and the samples are
+    decoded to images before their grid and quality metrics.
+    """
     results: dict[str, Any] = {"step": step, "params": "ema" if config.eval.use_ema else "raw"}
     args = (config, model, process, mesh, params)
-    # An image-conditioned model's bound is of the image given its low-resolution copy or its
-    # known part.
-    suffix = "_given_low_res" if build.is_super_resolution(config) else ""
-    suffix = "_given_known_part" if build.is_inpainting(config) else suffix
-    bpd = evaluate_bpd(*args)
-    results.update({f"test/{k}{suffix if 'bpd' in k else ''}": v for k, v in bpd.items()})
+    if latent is not None:
+        results.update(evaluate_latent_bpd(*args, latent=latent, workdir=workdir))
+    else:
+        # An image-conditioned model's bound is of the image given its low-resolution copy or
+        # its known part.
+        suffix = "_given_low_res" if build.is_super_resolution(config) else ""
+        suffix = "_given_known_part" if build.is_inpainting(config) else suffix
+        bpd = evaluate_bpd(*args)
+        results.update({f"test/{k}{suffix if 'bpd' in k else ''}": v for k, v in bpd.items()})
     if config.eval.ode_bpd:
         results.update({f"test/{k}": v for k, v in evaluate_ode_bpd(*args).items()})
-    if build.num_classes(config) and config.eval.conditional_bpd:
+    if build.num_classes(config) and config.eval.conditional_bpd and latent is None:
         # p(x|y) for the true labels; test/bpd above is p(x) through the learned null class.
         results["test/bpd_conditional"] = evaluate_bpd(*args, conditional=True)["bpd"]
     _check_finite({k: v for k, v in results.items() if k.startswith("test/")}, step)
@@ -499,6 +557,8 @@ def evaluate_params(
         results.update(figures)
     else:
         samples = generator.generate(params, config.eval.num_samples, seed=step)
+        if latent is not None:
+            samples = latent.decode(samples, generator.batch_size)
         labels = generator.labels(len(samples))
     if not np.all(np.isfinite(samples)):
         raise FloatingPointError(
@@ -522,7 +582,10 @@ def evaluate_params(
                 samples,
                 labels if build.num_classes(config) or image_task else None,
                 workdir,
-                functools.partial(input_pipeline.eval_split_images, config.data),
+                functools.partial(
+                    input_pipeline.eval_split_images,
+                    config.data if latent is None else latent.image_data,
+                ),
             )
         )
     if not image_task:
@@ -569,6 +632,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         params=params,
         step=step,
         writer=summaries.create_writer(workdir),
+        latent=_load_latent(config, mesh),
     )
 
 
@@ -603,6 +667,12 @@ def sample_checkpoint(
         return image_tasks.sample_inpainting(config, workdir, generator, params, step, num_samples)
     frames = config.eval.chain_frames
     samples, chain = generator.generate_with_chain(params, num_samples, step + 1, frames)
+    latent = _load_latent(config, mesh)
+    if latent is not None:  # Latent diffusion: decode the samples (and the chain) to images.
+        samples = latent.decode(samples, generator.batch_size)
+        if chain is not None:
+            decoded = latent.decode(chain.reshape(-1, *chain.shape[2:]), generator.batch_size)
+            chain = decoded.reshape(*chain.shape[:2], *decoded.shape[1:])
     name = f"samples_{step:08d}_n{num_samples}"
     path = save_samples(config, workdir, name, samples, generator.labels(num_samples))
     logging.info("Wrote %d samples to %s", num_samples, path)

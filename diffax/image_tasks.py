@@ -7,6 +7,7 @@ diffax.super_resolution and diffax.inpainting; this module runs it with trained 
 """
 
 import functools
+import json
 from typing import Any
 
 import jax
@@ -232,15 +233,16 @@ def sample_inpainting(
     samples, labels, figures = inpaint(config, generator, params, step + 1, num_samples)
     name = f"inpainting_{step:08d}_n{len(samples)}"
     path = evaluate.save_samples(
-        config, workdir, name, figures["grid"], columns=figures["grid_columns"]
+        config, workdir, name, figures.pop("grid"), columns=figures.pop("grid_columns")
     )
+    if config.eval.quality_metrics:  # The digits: class accuracy against the true labels.
+        from diffax.metrics import quality
+
+        eval_images = functools.partial(input_pipeline.eval_split_images, config.data)
+        figures.update(quality.quality_metrics(config, samples, labels, workdir, eval_images))
     if jax.process_index() == 0:
         np.savez(f"{workdir}/{name}_io.npz", samples=samples, labels=labels)
-    logging.info(
-        "Inpainted %d images (%s): masked PSNR %.2f dB; wrote %s",
-        len(samples),
-        figures["inpainting"],
-        figures["samples/masked_psnr"],
-        path,
-    )
+        with open(f"{workdir}/{name}.json", "w") as f:
+            json.dump({"step": step, **figures}, f, indent=2)
+    logging.info("Inpainted %d images: %s; wrote %s", len(samples), figures, path)
     return path

@@ -22,6 +22,8 @@ from diffax import (
     evaluate,
     generate,
     input_pipeline,
+    latent_cache,
+    latents,
     models,
     preemption,
     sharding,
@@ -153,7 +155,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process
         train_step,
         model=model,
         process=process,
-        num_levels=config.data.num_levels,
+        num_levels=build.data_levels(config),
         label_dropout=config.training.label_dropout,
         importance_sampling=config.diffusion.timestep_sampler == "loss_second_moment",
         grad_accum_steps=config.training.grad_accum_steps,
@@ -162,11 +164,13 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process
 
 
 class Trainer:
-    """Builds the model, process, mesh, sharded state and jitted step of a config, once."""
+    """Builds the model, process, mesh, sharded state and jitted step of a config, once; and for
+    latent diffusion the frozen autoencoder (`latent`, else None)."""
 
     def __init__(self, config: ml_collections.ConfigDict, devices=None):
         self.config = config
         self.mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, devices)
+        self.latent = latents.load(config, self.mesh) if build.is_latent(config) else None
         self.model = build.create_model(config)
         self.process = build.create_process(config)
         self.tx = build.create_optimizer(config)
@@ -255,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             params=evaluate.eval_params(state, config),
             step=int(jax.device_get(state.step)),
             writer=writer,
+            latent=trainer.latent,
         )
 
 
@@ -312,9 +317,21 @@ def _train_loop(config, workdir, trainer, manager, guard):
     logging.info("Model parameters: %d", models.count_params(state.params))
     # The data first: a missing data set or a bad image stops the run before compiling.
     local_batch = sharding.per_process_batch_size(training.batch_size)
-    train_iter = input_pipeline.create_train_iterator(
-        config.data, local_batch, seed=config.seed, start_batch=start_step
-    )
+    if trainer.latent is None:
+        train_iter = input_pipeline.create_train_iterator(
+            config.data, local_batch, seed=config.seed, start_batch=start_step
+        )
+    else:  # Encoded once into the cache; never the encoder per step.
+        cached = latent_cache.build_or_load(
+            trainer.latent,
+            config.data.train_split,
+            latent_cache.cache_dir(config, workdir),
+            config.eval.batch_size,
+            flip=config.data.random_flip,
+        )
+        train_iter = latent_cache.train_iterator(
+            cached, local_batch, trainer.latent.scale, seed=config.seed, start_batch=start_step
+        )
     step_fn = trainer.compile(training.batch_size)
     distributed.barrier("diffax_train_step_compiled")
     writer = summaries.create_writer(workdir)
@@ -373,6 +390,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
                     evaluate.eval_params(state, config),
                     seed=done,
                     num_samples=grid_size,
+                    latent=trainer.latent,
                 )
                 last_time, last_step = time.time(), done  # Keep sampling out of the steps/s.
     if bar is not None:

@@ -366,8 +366,13 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
     num_levels = data.num_levels
     if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 2:
         raise ConfigError(f"data.num_levels={data.num_levels!r} must be an integer >= 2.")
-    if data.num_channels not in (1, 3):
-        raise ConfigError(f"data.num_channels={data.num_channels!r} must be 1 or 3.")
+    if build.is_latent(config):
+        _positive_int(data.num_channels, "data.num_channels")  # The latents' channels.
+    elif data.num_channels not in (1, 3):
+        raise ConfigError(
+            f"data.num_channels={data.num_channels!r} must be 1 or 3 (other counts are latents: "
+            "set latent.autoencoder)."
+        )
     if data.dataset == "image_folder" and not data.folder:
         raise ConfigError("data.dataset='image_folder' needs data.folder, the folder to read.")
 
@@ -446,9 +451,68 @@ def _validate_inpainting(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _validate_latent(config: ml_collections.ConfigDict) -> None:
+    latent = config.get("latent")
+    if latent is None:
+        return
+    _choice(latent.autoencoder, "latent.autoencoder", build.LATENT_AUTOENCODERS)
+    if not latent.autoencoder:
+        for field, kind in (("autoencoder_workdir", "workdir"), ("sd_vae_weights", "sd_vae")):
+            if latent.get(field):
+                raise ConfigError(
+                    f"latent.{field} is set but latent.autoencoder is unset: set "
+                    f"latent.autoencoder={kind!r} to diffuse its latents."
+                )
+        return
+    if latent.scale is not None:
+        _number(latent.scale, "latent.scale", 0.0, float("inf"))
+        if latent.scale == 0:
+            raise ConfigError("latent.scale=0 must be positive (the latents are multiplied by it).")
+    name = config.model.name
+    if name in build.AUTOENCODERS or name in build.CLASSIFIERS:
+        raise ConfigError(
+            f"latent.autoencoder={latent.autoencoder!r} trains a denoiser on latents, but "
+            f"model.name={name!r} is not one; use 'unet' or 'dit'."
+        )
+    if (
+        config.super_resolution.low_res_size
+        or config.inpainting.mask_cond
+        or config.inpainting.repaint
+    ):
+        raise ConfigError(
+            f"latent.autoencoder={latent.autoencoder!r} with super-resolution or inpainting "
+            "(super_resolution.low_res_size, inpainting.mask_cond / repaint): image "
+            "conditioning on latents is not built yet."
+        )
+    if build.is_continuous(config):
+        raise ConfigError(
+            "diffusion.kind='continuous' on latents is not built yet (its bound assumes "
+            "discrete pixels); use diffusion.kind='discrete'."
+        )
+    if config.eval.ode_bpd:
+        raise ConfigError(
+            "eval.ode_bpd=True dequantizes pixels; on latents it is not defined: set it False."
+        )
+    if config.eval.clip_denoised:
+        raise ConfigError(
+            "eval.clip_denoised=True clips predicted latents to [-1, 1], where latents are not "
+            "confined: set eval.clip_denoised=False."
+        )
+    if latent.autoencoder == "sd_vae":
+        from diffax import latents
+
+        z_channels = latents.sd_vae_model(config).z_channels
+        if config.data.num_channels != z_channels:
+            raise ConfigError(
+                f"data.num_channels={config.data.num_channels}, but the SD VAE's latents have "
+                f"{z_channels} channels: in a latent config data.num_channels is the latents'."
+            )
+
+
 def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Raises ConfigError with one sentence naming the field and what is accepted."""
     device_count = jax.device_count() if device_count is None else device_count
+    _validate_latent(config)
     _validate_data(config)
     _validate_model(config)
     _validate_diffusion(config)

@@ -58,3 +58,53 @@ def classifier_path(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("classifier") / "digits_classifier")
     digits_classifier.get_or_train_classifier(path)
     return path
+
+
+def make_autoencoder_workdir(workdir, data_dir, num_steps=1, scale=2.0):
+    """Writes an untrained tiny digits autoencoder's checkpoint (16x16 images -> 8x8x4 latents,
+    f = 2) at step num_steps and a latent_stats.json of that step; returns its config."""
+    import json
+
+    import jax
+
+    from configs import digits_autoencoder
+    from diffax import build, checkpointing
+
+    config = digits_autoencoder.get_config()
+    config.data.data_dir = data_dir
+    config.data.image_size = 16
+    config.model.block_out_channels = (8, 8)
+    config.model.norm_num_groups = 4
+    config.training.num_steps = num_steps
+    model, tx = build.create_model(config), build.create_optimizer(config)
+    key = jax.random.key(0, impl="rbg")  # threefry's init of ~100 leaves compiles slowly.
+    state = build.init_state(key, model=model, tx=tx, config=config)
+    state = state.replace(step=state.step + num_steps, rng=jax.random.PRNGKey(0))
+    with checkpointing.managed(str(workdir)) as manager:
+        checkpointing.save(manager, num_steps, state, config)
+    with open(os.path.join(str(workdir), "latent_stats.json"), "w") as f:
+        json.dump({"step": num_steps, "scale": scale, "mean": 0.0}, f)
+    return config
+
+
+@pytest.fixture(scope="session")
+def autoencoder_workdir(tmp_path_factory, data_dir):
+    """A tiny digits autoencoder workdir (untrained weights, latent scale 2) for latent tests."""
+    workdir = tmp_path_factory.mktemp("autoencoder")
+    make_autoencoder_workdir(workdir, data_dir)
+    return str(workdir)
+
+
+@pytest.fixture
+def latent_config(tiny_config, autoencoder_workdir):
+    """Returns make(**fields): tiny_config on the tiny autoencoder's 8x8x4 latents."""
+
+    def make(**fields):
+        config = tiny_config(**fields)
+        config.latent.autoencoder = "workdir"
+        config.latent.autoencoder_workdir = autoencoder_workdir
+        config.data.num_channels = 4
+        config.eval.clip_denoised = False
+        return config
+
+    return make

@@ -76,3 +76,12 @@ class DistributionsTest(chex.TestCase):
         got = distributions.discretized_gaussian_log_likelihood(x, means, log_scales)
         np.testing.assert_allclose(got[3], 0.0, atol=1e-6)
         np.testing.assert_allclose(got[0], math.log(1e-12), rtol=1e-6)
+
+
+def test_gaussian_log_likelihood_is_the_normal_log_density():
+    x = np.array([0.0, 0.3, -2.0, 5.0])
+    means, log_scales = np.array([0.0, 0.1, -1.0, 4.0]), np.log([1.0, 0.05, 2.0, 0.5])
+    got = distributions.gaussian_log_likelihood(
+        jnp.float32(x), jnp.float32(means), jnp.float32(log_scales)
+    )
+    chex.assert_trees_all_close(got, norm.logpdf(x, means, np.exp(log_scales)), rtol=1e-5)

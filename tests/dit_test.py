@@ -357,19 +357,13 @@ def test_imagenet256_dit_xl2_config_builds_the_paper_model():
     assert model.patch_size == 2 and model.out_channels == 8 and model.num_classes == 1000
     params = jax.eval_shape(lambda r: build.init_params(r, model, config), jax.random.key(0))
     assert count_params(params) == 674_834_720
-    # Everything but the latent channels validates today (see the xfail below).
-    config.data.num_channels = 3
-    validation.validate_config(config, device_count=8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="validation._validate_data accepts data.num_channels 1 or 3 only; 4-channel latents "
-    "need the latent-diffusion path",
-)
 def test_imagenet256_dit_xl2_config_is_valid():
-    validation.validate_config(imagenet256_dit_xl2.get_config(), device_count=8)
+    config = imagenet256_dit_xl2.get_config()
+    validation.validate_config(config, device_count=8)
+    assert build.is_latent(config) and config.latent.autoencoder == "sd_vae"
+    assert config.latent.sd_vae_weights is None  # A local file the user gives.
 
 
 @pytest.mark.parametrize(

@@ -146,3 +146,67 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data
     import jax
 
     jax.tree.map(np.testing.assert_array_equal, ref_params, params)
+
+
+def test_latent_diffusion_trains_on_a_main_trained_autoencoder_and_decodes_samples(
+    data_dir, tmp_path
+):
+    autoencoder = str(tmp_path / "autoencoder")
+    tiny_autoencoder = (
+        "--config.data.image_size=16",  # f = 2: 8x8x4 latents, tiny.py's image size.
+        "--config.model.block_out_channels=(8,8)",
+        "--config.model.norm_num_groups=4",
+        "--config.training.num_steps=2",
+        "--config.training.warmup_steps=1",
+        "--config.training.checkpoint_every=2",
+        "--config.eval.batch_size=120",
+    )
+    done = subprocess.run(
+        [
+            *_command(autoencoder, data_dir, *tiny_autoencoder)[:3],
+            "--config=configs/digits_autoencoder.py",
+            *_command(autoencoder, data_dir, *tiny_autoencoder)[4:],
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(autoencoder, "latent_stats.json")) as f:
+        scale = json.load(f)["scale"]
+    latent_fields = (
+        "--config.latent.autoencoder=workdir",
+        f"--config.latent.autoencoder_workdir={autoencoder}",
+        "--config.data.num_channels=4",
+        "--config.diffusion.schedule=linear",  # LDM's; at T = 20 its last beta would be 1.
+        "--config.diffusion.num_timesteps=40",
+        "--config.eval.clip_denoised=False",
+        "--config.eval.quality_metrics=False",
+    )
+    workdir = str(tmp_path / "latent")
+    done = _run(workdir, data_dir, *latent_fields)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(workdir, "eval_00000004.json")) as f:
+        results = json.load(f)
+    assert np.isfinite(results["test/latent_bpd"]) and "test/bpd" not in results
+    assert results["test/latent_num_examples"] == 32
+    samples = np.load(os.path.join(workdir, "eval_samples_00000004.npz"))["levels"]
+    assert samples.shape == (16, 16, 16, 1)  # Decoded: the autoencoder's 16x16 images.
+    with open(os.path.join(workdir, "latents", "train", "meta.json")) as f:
+        meta = json.load(f)
+    assert meta["count"] == 1437 and meta["fingerprint"]["autoencoder_version"] == "step 2"
+    assert _log_has(workdir, "Cached 1437 encoded examples of train")
+    assert scale > 0
+    missing = _run(
+        str(tmp_path / "missing"),
+        data_dir,
+        *latent_fields[:1],
+        f"--config.latent.autoencoder_workdir={tmp_path / 'nothing'}",
+        *latent_fields[2:],
+    )
+    assert missing.returncode == 1
+    assert "diffax: error: latent.autoencoder_workdir=" in missing.stderr
+    assert "holds no checkpoint: train the autoencoder there first" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -117,3 +117,21 @@ def test_inception_metrics_of_samples_against_themselves(inception_weights):
     assert results["fid"] == pytest.approx(0.0, abs=1e-3)
     assert results["precision"] == 1.0 and results["recall"] == 1.0
     assert results["is_mean"] >= 1.0 - 1e-6
+
+
+def test_upscaled_digits_come_back_exactly_to_the_classifiers_8x8(digits_split):
+    import tensorflow as tf
+
+    small = digits_split[2][:5]  # [5, 8, 8, 1] test digits in [-1, 1].
+    big = tf.image.resize(small, (32, 32), method="bilinear").numpy()  # As the input pipeline.
+    np.testing.assert_allclose(
+        quality.bilinear_upscale_matrix(8, 4)
+        @ small[0, ..., 0]
+        @ quality.bilinear_upscale_matrix(8, 4).T,
+        big[0, ..., 0],
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(quality.to_digits_size(big), small, atol=1e-4)
+    np.testing.assert_array_equal(quality.to_digits_size(small), small)
+    with pytest.raises(ValueError, match=r"\[N, 8k, 8k, 1\]"):
+        quality.to_digits_size(np.zeros((2, 12, 12, 1), np.float32))

@@ -7,7 +7,15 @@ import jax
 import pytest
 from hypothesis import strategies as st
 
-from configs import cifar10, digits, imagenet64, tiny
+from configs import (
+    cifar10,
+    digits,
+    digits_latent,
+    imagenet64,
+    imagenet256_dit_xl2,
+    imagenet256_ldm,
+    tiny,
+)
 from diffax import build, generate, validation
 from diffax.validation import ConfigError
 
@@ -62,7 +70,9 @@ def _set(config, field, value):
         config[section][name] = value
 
 
-@pytest.mark.parametrize("make", [digits, cifar10, imagenet64, tiny])
+@pytest.mark.parametrize(
+    "make", [digits, cifar10, imagenet64, tiny, digits_latent, imagenet256_ldm, imagenet256_dit_xl2]
+)
 def test_shipped_configs_are_valid(make):
     validation.validate_config(make.get_config(), device_count=8)
 
@@ -135,7 +145,9 @@ def test_a_config_validation_accepts_builds_and_one_it_refuses_names_the_field(f
     except ConfigError as e:
         # One line naming a field: this one, or the one it conflicts with.
         message = str(e)
-        assert re.search(r"\b(data|model|diffusion|training|eval|mesh)\.\w+", message), message
+        assert re.search(r"\b(data|model|diffusion|training|eval|mesh|latent)\.\w+", message), (
+            message
+        )
         assert "\n" not in message
         return
     model = build.create_model(config)
@@ -143,3 +155,52 @@ def test_a_config_validation_accepts_builds_and_one_it_refuses_names_the_field(f
     build.create_process(config)
     build.create_optimizer(config)
     generate.sampling_process(config, build.create_process(config))
+
+
+def _latent_tiny():
+    """The tiny config on 8x8x4 latents of an autoencoder workdir (validation reads no files)."""
+    config = tiny.get_config()
+    config.latent.autoencoder = "workdir"
+    config.latent.autoencoder_workdir = "/nonexistent/autoencoder"
+    config.data.num_channels = 4
+    config.eval.clip_denoised = False
+    return config
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("latent.autoencoder", "vqgan", r"latent\.autoencoder='vqgan' is not one of"),
+        ("latent.scale", -1.0, r"latent\.scale=-1\.0 must be a number"),
+        ("latent.scale", 0.0, r"latent\.scale=0 must be positive"),
+        ("diffusion.kind", "continuous", r"diffusion\.kind='continuous' on latents"),
+        ("eval.clip_denoised", True, r"eval\.clip_denoised=True clips predicted latents"),
+        ("eval.ode_bpd", True, r"eval\.ode_bpd=True dequantizes pixels"),
+        ("model.name", "autoencoder_kl", r"model\.name='autoencoder_kl' is not one"),
+        ("data.num_channels", 0, r"data\.num_channels=0 must be a positive integer"),
+    ],
+)
+def test_bad_latent_fields_are_named(field, value, message):
+    config = _latent_tiny()
+    validation.validate_config(config, device_count=8)  # 4 channels: latents.
+    _set(config, field, value)
+    with pytest.raises(ConfigError, match=message):
+        validation.validate_config(config, device_count=8)
+
+
+def test_latent_files_without_latent_autoencoder_and_4_pixel_channels_are_refused():
+    config = tiny.get_config()
+    config.latent.autoencoder_workdir = "/some/workdir"
+    with pytest.raises(ConfigError, match=r"set latent\.autoencoder='workdir'"):
+        validation.validate_config(config, device_count=8)
+    config = tiny.get_config()
+    config.data.num_channels = 4
+    with pytest.raises(ConfigError, match=r"must be 1 or 3 \(other counts are latents"):
+        validation.validate_config(config, device_count=8)
+
+
+def test_sd_vae_latents_must_have_its_channels():
+    config = imagenet256_dit_xl2.get_config()
+    config.data.num_channels = 3
+    with pytest.raises(ConfigError, match=r"the SD VAE's latents have 4 channels"):
+        validation.validate_config(config, device_count=8)

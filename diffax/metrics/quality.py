@@ -81,6 +81,40 @@ def digits_quality(
     return results
 
 
+def bilinear_upscale_matrix(size: int, factor: int) -> np.ndarray:
+    """Returns A [size * factor, size]: 1-D bilinear upscaling as the input pipeline does it
+    (tf.image.resize, half-pixel centres, edges clamped), so an image X upscales to A X A^T."""
+    out = (np.arange(size * factor) + 0.5) / factor - 0.5  # Source coordinate of each output.
+    src = np.clip(out, 0.0, size - 1.0)
+    lower = np.floor(src).astype(int)
+    upper = np.minimum(lower + 1, size - 1)
+    weight = src - lower
+    matrix = np.zeros((size * factor, size))
+    matrix[np.arange(size * factor), lower] += 1.0 - weight
+    matrix[np.arange(size * factor), upper] += weight
+    return matrix
+
+
+def to_digits_size(samples: np.ndarray) -> np.ndarray:
+    """Returns samples [N, 8k, 8k, 1] brought back to the digits' [N, 8, 8, 1].
+
+    The digits classifier sees 8x8 images; latent diffusion on digits decodes to the 32x32
+    images its autoencoder was trained on, which the pipeline made by bilinear upscaling. The
+    8x8 image returned is the least-squares inverse of that upscaling (pinv(A) X pinv(A)^T), so
+    an upscaled digit comes back exactly; block averaging would blur it (on real digits it
+    raised the Fréchet distance to the test split from 7.6 to 65).
+    """
+    samples = np.asarray(samples, np.float32)
+    _, height, width, _ = samples.shape
+    side = digits_classifier.IMAGE_SHAPE[0]
+    if height == width == side:
+        return samples
+    if height != width or height % side:
+        raise ValueError(f"digits samples must be [N, 8k, 8k, 1], got shape {samples.shape}")
+    inverse = np.linalg.pinv(bilinear_upscale_matrix(side, height // side))  # [8, 8k]
+    return np.einsum("ih,nhwc,jw->nijc", inverse, samples, inverse).astype(np.float32)
+
+
 def _classifier_params(path: str) -> dict:
     """Returns the digits classifier at path, trained and saved there first if it is absent."""
     path = os.path.abspath(path)
@@ -179,13 +213,21 @@ def quality_metrics(
 ) -> dict[str, float]:
     """Returns the dataset's quality metrics as plain floats keyed "samples/<metric>".
 
-    digits: digits_quality (classifier at eval.classifier_path, default WORKDIR/digits_classifier);
+    digits: digits_quality (classifier at eval.classifier_path, default WORKDIR/digits_classifier)
+    of the samples brought to 8x8 by `to_digits_size` when larger (decoded latents: 32x32);
     other datasets: inception_quality when eval.inception_weights is set, else {} (logged).
     eval_images_fn(n) returns the first n (-1: all) images of data.eval_split.
     """
     ev = config.eval
     if config.data.dataset == "digits":
         classifier_path = ev.classifier_path or os.path.join(workdir, "digits_classifier")
+        if samples.shape[1] != digits_classifier.IMAGE_SHAPE[0]:
+            logging.info(
+                "Digits metrics on %s samples brought to 8x8 (the classifier's size) by the "
+                "least-squares inverse of the pipeline's bilinear upscaling.",
+                "x".join(map(str, samples.shape[1:3])),
+            )
+        samples = to_digits_size(samples)
         metrics = digits_quality(samples, labels, classifier_path, config.data.num_levels)
     elif ev.inception_weights:
 
