@@ -114,6 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
     training.adam_b2 = 0.999  # Adam second-moment decay.
     training.grad_clip = 0.0  # Global gradient norm clip; 0 disables.
     training.ema_rates = (0.9999,)  # EMA decay rates; eval uses the first.
+    training.ema_warmup = False  # Decay min(rate, (1 + n) / (10 + n)) at update n (short runs).
     training.label_dropout = 0.0  # Chance a label becomes the null class (guidance).
     training.grad_accum_steps = 1  # Micro-batches per optimizer step.
     training.log_every = 100  # Steps between logged metrics (and the non-finite check).

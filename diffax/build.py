@@ -324,6 +324,7 @@ def init_state(
         params=init_params(param_rng, model, config),
         tx=tx,
         ema_rates=tuple(config.training.ema_rates),
+        ema_warmup=config.training.ema_warmup,
         rng=state_rng,
         sampler_state=timestep_sampler_lib.loss_second_moment_init(config.diffusion.num_timesteps),
     )

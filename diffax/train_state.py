@@ -27,6 +27,9 @@ class TrainState(flax.struct.PyTreeNode):
     consecutive_skips: jax.Array  # [] int32: non-finite updates skipped in a row.
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     ema_rates: tuple[float, ...] = flax.struct.field(pytree_node=False)
+    # Decay min(rate, (1 + n) / (10 + n)) at the n-th update (TensorFlow's num_updates rule): a
+    # short run's EMA then forgets the initial weights (0.999 keeps 13.5% of them after 2000).
+    ema_warmup: bool = flax.struct.field(pytree_node=False, default=False)
 
     @classmethod
     def create(
@@ -36,6 +39,7 @@ class TrainState(flax.struct.PyTreeNode):
         ema_rates: tuple[float, ...],
         rng: jax.Array,
         sampler_state: Any = None,
+        ema_warmup: bool = False,
     ) -> "TrainState":
         """Returns the state at step 0; the EMA trees start as copies of params."""
         return cls(
@@ -49,6 +53,7 @@ class TrainState(flax.struct.PyTreeNode):
             consecutive_skips=jnp.array(0, jnp.int32),
             tx=tx,
             ema_rates=tuple(ema_rates),
+            ema_warmup=ema_warmup,
         )
 
     def apply_gradients(self, grads: Any, **replace: Any) -> "TrainState":
@@ -58,9 +63,14 @@ class TrainState(flax.struct.PyTreeNode):
         """
         updates, new_opt_state = self.tx.update(grads, self.opt_state, self.params)
         new_params = optax.apply_updates(self.params, updates)
+        n = self.step.astype(jnp.float32)
+        rates = [
+            jnp.minimum(rate, (1.0 + n) / (10.0 + n)) if self.ema_warmup else rate
+            for rate in self.ema_rates
+        ]
         new_ema = tuple(
             jax.tree.map(lambda e, p, r=rate: r * e + (1.0 - r) * p, ema, new_params)
-            for rate, ema in zip(self.ema_rates, self.ema_params, strict=True)
+            for rate, ema in zip(rates, self.ema_params, strict=True)
         )
         ok = tree_all_finite(grads)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)

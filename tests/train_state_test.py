@@ -46,3 +46,23 @@ def test_non_finite_gradient_changes_nothing_and_is_counted():
     assert int(state.consecutive_skips) == 2
     state = state.apply_gradients(good)
     assert (int(state.skipped), int(state.consecutive_skips)) == (2, 0)
+
+
+def test_ema_warmup_uses_the_num_updates_decay_and_reaches_the_rate():
+    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    state = TrainState.create(
+        params, optax.sgd(0.1), (0.9, 0.5), jax.random.PRNGKey(0), ema_warmup=True
+    )
+    grads = {"w": jnp.array([1.0, 1.0]), "b": jnp.array(2.0)}
+    expected_params = {k: np.asarray(v) for k, v in params.items()}
+    expected_ema = [dict(expected_params), dict(expected_params)]
+    step = jax.jit(lambda s: s.apply_gradients(grads))
+    for n in range(200):
+        state = step(state)
+        expected_params = {k: v - 0.1 * np.asarray(grads[k]) for k, v in expected_params.items()}
+        for ema, rate in zip(expected_ema, (0.9, 0.5), strict=True):
+            decay = min(rate, (1 + n) / (10 + n))  # 0.1 at the first update.
+            for k in ema:
+                ema[k] = decay * ema[k] + (1 - decay) * expected_params[k]
+    for got, want in zip(state.ema_params, expected_ema, strict=True):
+        np.testing.assert_allclose(got["w"], want["w"], rtol=1e-5)
