@@ -76,3 +76,22 @@ def test_wrong_token_length_and_tokens_for_a_plain_model_fail_in_one_sentence(te
         )
     with pytest.raises(ValueError, match="without text conditioning"):
         models.model_fn(model.denoiser, params["denoiser"], tokens=jnp.ones((2, 16), jnp.int32))
+
+
+def test_guidance_with_the_empty_caption_at_w0_is_the_conditional_model_and_w_moves_it(text_model):
+    from diffax import sampling
+
+    model, params = text_model
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda a: a + 0.05 * rng.standard_normal(a.shape, np.float32), params)
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    t = jnp.array([3, 7])
+    tokens = jnp.asarray(text_encoder.tokenize(["a written two", "the digit 5"], 16))
+    conditional = lambda x, t, c: models.model_fn(model, params, tokens=c)(x, t)
+    null = text_encoder.null_tokens(1, 16)[0]
+    cond = models.model_fn(model, params, tokens=tokens)(x, t)
+    guided = sampling.classifier_free_guidance(conditional, tokens, null, 0.0)(x, t)
+    chex.assert_trees_all_close(guided, cond, atol=1e-5)
+    uncond = models.model_fn(model, params)(x, t)
+    w2 = sampling.classifier_free_guidance(conditional, tokens, null, 2.0)(x, t)
+    chex.assert_trees_all_close(w2, 3.0 * cond - 2.0 * uncond, atol=1e-4)
