@@ -10,7 +10,8 @@ import numpy as np
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
-# {word}: the digit as an English word; {numeral}: as 0-9.
+# {word}: the digit as an English word; {numeral}: as 0-9. Both appear at the start, middle and end
+# of training captions, so neither is tied to one position.
 TRAIN_TEMPLATES = (
     "a handwritten {word}",
     "the digit {numeral}",
@@ -20,6 +21,10 @@ TRAIN_TEMPLATES = (
     "an image of a {word}",
     "a small {numeral} drawn by hand",
     "the numeral {word}",
+    "{word}, written by hand",
+    "a {word} drawn in pencil",
+    "the number {word} on paper",
+    "{numeral} in ink",
 )
 HELDOUT_TEMPLATES = (
     "a sketch of the digit {word}",

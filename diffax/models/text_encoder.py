@@ -56,7 +56,11 @@ def token_mask(tokens: jax.Array) -> jax.Array:
 
 
 class TextEncoder(nn.Module):
-    """Pre-LN transformer over byte tokens: `tokens [B, L] -> context [B, L, width]` (float32)."""
+    """Pre-LN transformer over byte tokens: `tokens [B, L] -> context [B, L, width]` (float32).
+
+    Byte embeddings plus a byte 3-gram convolution, learned positions, then `depth` blocks of
+    masked self-attention and MLP, and a final LayerNorm.
+    """
 
     max_length: int  # L, the token length (learned position embeddings)
     width: int = 128  # D, the token width
@@ -73,6 +77,12 @@ class TextEncoder(nn.Module):
         pos = self.param(
             "pos_embed", nn.initializers.normal(0.02), (self.max_length, self.width), jnp.float32
         )
+        # A byte 3-gram convolution (padding zeroed first) gives every block local spelling
+        # features that do not depend on where a word sits in the caption.
+        h = h * mask[..., None]
+        h = h + nn.Conv(self.width, (3,), padding="SAME", dtype=self.dtype, name="ngram_conv")(
+            h.astype(self.dtype)
+        ).astype(jnp.float32)
         h = h + pos[None, : tokens.shape[1]]
         for i in range(self.depth):
             n = layer_norm(h, f"block_{i}_norm_attn").astype(self.dtype)
