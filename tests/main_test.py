@@ -40,14 +40,14 @@ def _env():
     return env
 
 
-def _run(*args, **kwargs):
+def _run(*args, timeout=300, **kwargs):
     return subprocess.run(
         _command(*args, **kwargs),
         cwd=ROOT,
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -97,7 +97,11 @@ def test_text_model_trains_evaluates_on_held_out_prompts_and_samples_from_a_prom
     workdir = str(tmp_path)
     text = [f"--config.eval.classifier_path={classifier_path}"]
     config = "configs/tiny_text.py"
-    done = _run(workdir, data_dir, *text, "--config.eval.num_bpd_examples=8", config=config)
+    # The text model compiles three programs (train step, bound, guided sampler): a longer limit
+    # for a loaded machine.
+    done = _run(
+        workdir, data_dir, *text, "--config.eval.num_bpd_examples=8", config=config, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with open(os.path.join(workdir, "eval_00000004.json")) as f:
         results = json.load(f)
@@ -112,6 +116,7 @@ def test_text_model_trains_evaluates_on_held_out_prompts_and_samples_from_a_prom
         "--prompt=a handwritten three",
         mode="sample",
         config=config,
+        timeout=900,
     )
     assert sample.returncode == 0, sample.stderr[-3000:]
     assert os.path.exists(os.path.join(workdir, "samples_00000004_n2.png"))
