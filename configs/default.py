@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.random_flip = False  # Random horizontal flips.
     data.shuffle_buffer = 10_000  # tf.data shuffle buffer, in examples.
     data.skip_bad_images = False  # image_folder: skip (and count) undecodable files.
+    # Byte tokens per caption (BOS + UTF-8 bytes + padding); 0: no captions. Digits: captions
+    # written from the labels (diffax.datasets.captions).
+    data.text_length = 0
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet"  # The backbone, a key of diffax.build.MODELS.
@@ -52,6 +55,13 @@ def get_config() -> ml_collections.ConfigDict:
     model.dtype = "float32"  # Compute dtype: "bfloat16" on accelerators; params stay float32.
     model.remat = False  # Activation checkpointing of the residual and attention blocks.
     model.fourier_features = ()  # U-Net: exponents n of sin/cos(2^n pi x) input channels (VDM).
+    # Text conditioning (model.name "unet" or "dit"): a byte-level transformer encodes the caption;
+    # the U-Net's attention blocks become LDM's SpatialTransformer (Rombach et al. 2022, sec. 3.3),
+    # DiT blocks gain a cross-attention layer (PixArt-alpha, Chen et al. 2023, sec. 2.3).
+    model.text_cond = False  # Conditions on captions (needs data.text_length > 0).
+    model.text_width = 128  # Text encoder: token width D of the context.
+    model.text_depth = 2  # Text encoder: transformer blocks.
+    model.text_heads = 4  # Text encoder: attention heads (divides text_width).
     # DiT (model.name = "dit"; Peebles & Xie 2023) also reads num_heads, class_cond, dtype, remat.
     model.patch_size = 2  # DiT: side of the square patches that become tokens; divides image_size.
     model.hidden_size = 384  # DiT: token width D (DiT-S; a multiple of 4 and of num_heads).
@@ -115,7 +125,8 @@ def get_config() -> ml_collections.ConfigDict:
     training.grad_clip = 0.0  # Global gradient norm clip; 0 disables.
     training.ema_rates = (0.9999,)  # EMA decay rates; eval uses the first.
     training.ema_warmup = False  # Decay min(rate, (1 + n) / (10 + n)) at update n (short runs).
-    training.label_dropout = 0.0  # Chance a label becomes the null class (guidance).
+    # Chance a label becomes the null class, or a caption the empty one (guidance).
+    training.label_dropout = 0.0
     training.grad_accum_steps = 1  # Micro-batches per optimizer step.
     training.log_every = 100  # Steps between logged metrics (and the non-finite check).
     training.sample_every = 10_000  # Steps between written sample grids; 0 disables.

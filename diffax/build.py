@@ -19,7 +19,7 @@ from diffax import diffusion, schedules, sharding
 from diffax import timestep_sampler as timestep_sampler_lib
 from diffax.models import autoencoder as autoencoder_model
 from diffax.models import classifier as classifier_model
-from diffax.models import dit, unet
+from diffax.models import dit, text_encoder, unet
 from diffax.train_state import TrainState
 
 
@@ -111,6 +111,8 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
     "noisy_classifier": _noisy_classifier,
     "autoencoder_kl": _autoencoder_kl,
 }
+# Backbones that cross-attend to a context (model.text_cond).
+TEXT_BACKBONES = ("unet", "dit")
 # Models that are not denoisers: trained on noised inputs to predict labels (classifier guidance).
 CLASSIFIERS = ("noisy_classifier",)
 
@@ -203,11 +205,32 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     return config.data.num_classes if config.model.class_cond else 0
 
 
+def is_text_conditioned(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether the model reads captions (model.text_cond: a text encoder beside it)."""
+    return bool(config.model.get("text_cond", False))
+
+
+def _text_encoder(config: ml_collections.ConfigDict) -> text_encoder.TextEncoder:
+    """Translates config.model.text_* into the byte-level text encoder's hyperparameters."""
+    m = config.model
+    return text_encoder.TextEncoder(
+        max_length=config.data.text_length,
+        width=m.text_width,
+        depth=m.text_depth,
+        num_heads=m.text_heads,
+        dtype=jnp.dtype(m.dtype),
+    )
+
+
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-    """Returns the backbone named by config.model.name, with 2C outputs for a learned variance."""
+    """Returns the backbone named by config.model.name, with 2C outputs for a learned variance;
+    with model.text_cond, wrapped with a text encoder whose output it cross-attends to."""
     learn_sigma = config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
     out_channels = config.data.num_channels * (2 if learn_sigma else 1)
-    return MODELS[config.model.name](config, out_channels)
+    backbone = MODELS[config.model.name](config, out_channels)
+    if is_text_conditioned(config):
+        return text_encoder.TextConditioned(denoiser=backbone, encoder=_text_encoder(config))
+    return backbone
 
 
 @dataclasses.dataclass(frozen=True)

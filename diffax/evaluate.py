@@ -29,6 +29,8 @@ from diffax import (
     summaries,
     validation,
 )
+from diffax.datasets import captions
+from diffax.models import text_encoder
 
 
 def eval_params(state: Any, config: ml_collections.ConfigDict) -> Any:
@@ -457,7 +459,10 @@ def save_samples(
     """Writes the samples' grid and .npz into the workdir on process 0; returns the png path."""
     if jax.process_index() != 0:
         return os.path.join(workdir, name + ".png")
-    columns = columns or images.grid_columns(len(samples), build.num_classes(config))
+    classes = build.num_classes(config)
+    if build.is_text_conditioned(config) and labels is not None:
+        classes = config.data.num_classes  # Held-out prompts cycle through the digits.
+    columns = columns or images.grid_columns(len(samples), classes)
     return images.save_samples(
         workdir, name, samples, config.data.num_levels, labels, columns=columns
     )
@@ -580,7 +585,8 @@ def evaluate_params(
             quality.quality_metrics(
                 config,
                 samples,
-                labels if build.num_classes(config) or image_task else None,
+                # Text: the digit each held-out prompt names is the label to recognise.
+                labels if build.num_classes(config) or image_task or generator.text else None,
                 workdir,
                 functools.partial(
                     input_pipeline.eval_split_images,
@@ -596,6 +602,8 @@ def evaluate_params(
     results["sampler_nfe"] = generator.nfe  # Sequential model calls per batch.
     results["forward_passes_per_sample"] = generator.forward_passes_per_sample
     results["guidance_scale"] = config.eval.guidance_scale
+    if generator.text:
+        results["prompts"] = "held-out templates: " + " | ".join(captions.HELDOUT_TEMPLATES)
     scalars = {k: v for k, v in results.items() if k.startswith(("test/", "samples/"))}
     _check_finite(scalars, step)
     summaries.write_scalars(writer, step, scalars)
@@ -636,11 +644,29 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     )
 
 
+def check_prompt(config: ml_collections.ConfigDict, prompt: str | None) -> None:
+    """Raises ValueError in one sentence if a prompt is given to a model without text, or does
+    not fit in data.text_length tokens."""
+    if prompt is None:
+        return
+    if not build.is_text_conditioned(config):
+        raise ValueError(
+            "--prompt needs a text-conditioned model (model.text_cond=True, e.g. "
+            "configs/digits_text.py); this config has none."
+        )
+    text_encoder.tokenize([prompt], config.data.text_length)
+
+
 def sample_checkpoint(
-    config: ml_collections.ConfigDict, workdir: str, num_samples: int | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    num_samples: int | None = None,
+    prompt: str | None = None,
 ) -> str:
-    """Restores the newest checkpoint and writes num_samples samples as a PNG grid and .npz."""
+    """Restores the newest checkpoint and writes num_samples samples as a PNG grid and .npz;
+    a text-conditioned model draws them all from prompt when one is given."""
     validation.validate_config(config)
+    check_prompt(config, prompt)
     if build.is_classifier(config) or build.is_autoencoder(config):
         kind = "a classifier" if build.is_classifier(config) else "an autoencoder"
         raise ValueError(
@@ -653,7 +679,7 @@ def sample_checkpoint(
     num_samples = num_samples or config.eval.num_samples
     model, process = build.create_model(config), build.create_process(config)
     generator = generate.Generator(
-        config, model, process, mesh, num_samples=num_samples, classifier=classifier
+        config, model, process, mesh, num_samples=num_samples, classifier=classifier, prompt=prompt
     )
     if build.is_super_resolution(config):
         from diffax import image_tasks

@@ -3,7 +3,8 @@
 `Generator` compiles one sampling program per batch shape and draws any number of samples in
 batches of eval.batch_size (or fewer when fewer are wanted). Class-conditional models get labels
 0, 1, ..., K-1, 0, 1, ... (one grid column per class) and classifier-free guidance when
-eval.guidance_scale > 0.
+eval.guidance_scale > 0. Text-conditioned models get, for the same labels, captions by the held-out
+templates of diffax.datasets.captions (or one given prompt), guided against the empty caption.
 """
 
 import functools
@@ -16,6 +17,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from diffax import diffusion, models, sampling, schedules, sharding, solvers
+from diffax.datasets import captions
+from diffax.models import text_encoder
 
 # config.eval.sampler values: the discrete chain's own samplers (DDPM uses a learned variance;
 # DDIM respaces with eval.ddim_eta), then the few-step samplers of diffax.solvers on a grid of
@@ -78,13 +81,25 @@ class Generator:
         mesh: Mesh,
         num_samples: int | None = None,
         classifier: tuple | None = None,
+        prompt: str | None = None,
     ):
         self.config = config
         self.model = model
         self.num_classes = getattr(model, "num_classes", 0)
+        self.text = text_encoder.is_text_conditioned(model)
+        if prompt is not None and not self.text:
+            raise ValueError(
+                "--prompt needs a text-conditioned model (model.text_cond=True, e.g. "
+                "configs/digits_text.py); this one has no text encoder."
+            )
+        self.prompt = prompt
+        if prompt is not None:  # Fails here, in one sentence, if the prompt is too long.
+            text_encoder.tokenize([prompt], config.data.text_length)
         # (noisy classifier model, params) for classifier guidance at eval.classifier_scale.
         self.classifier_model, self.classifier_params = classifier or (None, None)
         self.label_classes = self.num_classes or getattr(self.classifier_model, "num_classes", 0)
+        if self.text and prompt is None:
+            self.label_classes = config.data.num_classes  # The digit each prompt names.
         self.mesh = mesh
         # A continuous-time process (build.ContinuousProcess): its grid depends on the params.
         self.continuous = not isinstance(process, diffusion.GaussianDiffusion)
@@ -120,12 +135,14 @@ class Generator:
         classifier_params=None,
         conditioning=None,
         return_every=0,
+        tokens: jax.Array | None = None,
     ):
         """Returns one batch of samples in [-1, 1]: [B, H, W, C]; with return_every = k > 0 also
         the chain, every k-th step's x [steps // k, B, H, W, C] from the same scan.
 
         conditioning: the backbone's further inputs for this batch (image conditioning: concat
-        [B, H, W, C'], aug_level [B]) or None."""
+        [B, H, W, C'], aug_level [B]) or None; tokens [B, L]: the captions of a text-conditioned
+        model."""
         ev, model = self.config.eval, self.model
         grid = self.grid
         if self.continuous:
@@ -137,7 +154,15 @@ class Generator:
                 gamma_range=self.process.gamma_range,
             )
             params = self.process.model_params(params)
-        if self.num_classes and ev.guidance_scale:
+        if self.text and ev.guidance_scale:
+            conditional = lambda x, t, c: models.model_fn(model, params, tokens=c)(x, t)
+            model_fn = sampling.classifier_free_guidance(
+                conditional,
+                tokens,
+                null_label=text_encoder.null_tokens(1, tokens.shape[1])[0],  # The empty caption.
+                guidance_scale=ev.guidance_scale,
+            )
+        elif self.num_classes and ev.guidance_scale:
             # The guided call doubles the batch (labels, then the null class): so does the rest.
             doubled = jax.tree.map(lambda c: jnp.concatenate([c, c]), conditioning)
             conditional = lambda x, t, y: models.model_fn(model, params, y, conditioning=doubled)(
@@ -147,7 +172,9 @@ class Generator:
                 conditional, labels, null_label=self.num_classes, guidance_scale=ev.guidance_scale
             )
         else:
-            model_fn = models.model_fn(model, params, labels, conditioning=conditioning)
+            model_fn = models.model_fn(
+                model, params, labels, tokens=tokens, conditioning=conditioning
+            )
         guidance_fn, scale = None, 0.0
         if self.classifier_model is not None and ev.classifier_scale:
             from diffax import classifier
@@ -207,13 +234,25 @@ class Generator:
     def forward_passes_per_sample(self) -> int:
         """Returns network evaluations per image: model calls, x2 with classifier-free guidance."""
         calls = self.nfe if self.nfe is not None else self.num_steps
-        calls *= 2 if self.num_classes and self.config.eval.guidance_scale else 1
+        guided = (self.num_classes or self.text) and self.config.eval.guidance_scale
+        calls *= 2 if guided else 1
         # A classifier gradient costs about a forward and a backward of the (smaller) classifier.
         return calls
 
-    def labels(self, num_samples: int) -> np.ndarray:
-        """Returns the class each of num_samples samples is drawn for."""
+    def labels(self, num_samples: int) -> np.ndarray | None:
+        """Returns the class each of num_samples samples is drawn for (None: a free prompt)."""
+        if self.prompt is not None:
+            return None
         return sample_labels(num_samples, self.label_classes)
+
+    def prompts(self, num_samples: int) -> list[str] | None:
+        """Returns the caption of each sample of a text-conditioned model (else None): the given
+        prompt, or label i's caption by a held-out template fixed by (config.seed, i)."""
+        if not self.text:
+            return None
+        if self.prompt is not None:
+            return [self.prompt] * num_samples
+        return captions.captions(self.labels(num_samples), self.config.seed, "test")
 
     def generate(
         self,
@@ -245,7 +284,18 @@ class Generator:
         the chain of its n samples, the final images last. The images are those generate()
         returns.
         """
-        labels = self.labels(num_samples) if labels is None else np.asarray(labels, np.int32)
+        if labels is None:
+            labels = self.labels(num_samples)
+        else:
+            labels = np.asarray(labels, np.int32)
+        if labels is None:
+            labels = np.zeros(num_samples, np.int32)
+        prompts = self.prompts(num_samples)
+        all_tokens = (
+            None
+            if prompts is None
+            else text_encoder.tokenize(prompts, self.config.data.text_length)
+        )
         batches, chain = [], None
         for i in range(0, num_samples, self.batch_size):
             chunk = labels[i : i + self.batch_size]
@@ -261,6 +311,11 @@ class Generator:
                     )
                     for k, v in conditioning.items()
                 }
+            tokens = None
+            if all_tokens is not None:
+                rows = all_tokens[i : i + self.batch_size]
+                rows = np.resize(rows, (self.batch_size, rows.shape[1]))  # Rows repeat.
+                tokens = jax.device_put(rows, sharding.batch_sharding(self.mesh))
             if chain_frames and i == 0:
                 every = max(1, self.num_steps // chain_frames)
                 if every not in self._chains:
@@ -268,13 +323,15 @@ class Generator:
                         functools.partial(self._sample_batch, return_every=every)
                     )
                 batch, steps = self._chains[every](
-                    params, key, global_labels, self.classifier_params, cond
+                    params, key, global_labels, self.classifier_params, cond, tokens=tokens
                 )
                 images = sharding.to_host(batch)
                 chain = np.concatenate([sharding.to_host(steps), images[None]])[:, : len(chunk)]
             else:
                 images = sharding.to_host(
-                    self._sample(params, key, global_labels, self.classifier_params, cond)
+                    self._sample(
+                        params, key, global_labels, self.classifier_params, cond, tokens=tokens
+                    )
                 )
             batches.append(images[: len(chunk)])
         return np.concatenate(batches)[:num_samples], chain

@@ -21,8 +21,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from diffax import images as images_lib
+from diffax.datasets import captions as captions_lib
 from diffax.datasets import digits as digits_lib
 from diffax.datasets import image_folder as image_folder_lib
+from diffax.models import text_encoder
 
 
 def hide_accelerators_from_tf() -> None:
@@ -273,6 +275,28 @@ def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
     return _count(_split_ranges(split, source.split_infos))
 
 
+def _with_caption_tokens(
+    ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, seed: int, epoch_size: int
+) -> tf.data.Dataset:
+    """Returns ds with "tokens" int32 [text_length]: example i's caption by a training template
+    fixed by (seed, i) (diffax.datasets.captions), as byte tokens (models.text_encoder)."""
+    table = np.asarray(
+        text_encoder.tokenize(
+            [c for row in captions_lib.caption_table("train") for c in row],
+            data_config.text_length,
+        )
+    )  # [templates * 10, L]
+    chosen = captions_lib.template_indices(seed, epoch_size, "train")  # [epoch_size]
+    table, chosen = tf.constant(table), tf.constant(chosen)
+    num_digits = len(captions_lib.DIGIT_WORDS)
+
+    def add_tokens(index: tf.Tensor, example: dict) -> dict:
+        row = tf.gather(chosen, index) * num_digits + tf.cast(example["label"], tf.int32)
+        return {**example, "tokens": tf.gather(table, row)}
+
+    return ds.enumerate().map(add_tokens, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def create_train_iterator(
     data_config: ml_collections.ConfigDict,
     batch_size: int,
@@ -286,8 +310,10 @@ def create_train_iterator(
     The stream is a fixed function of (seed, process): start_batch > 0 resumes it after that many
     batches, so a restored run sees exactly the batches an uninterrupted one would.
 
-    Yields {"image": float32 [batch_size, S, S, C] in [-1, 1], "label": int32 [batch_size]};
-    batch_size is per process. Fails here, not at the first batch, if the data are missing.
+    Yields {"image": float32 [batch_size, S, S, C] in [-1, 1], "label": int32 [batch_size]}, and
+    with data.text_length > 0 "tokens": int32 [batch_size, text_length], each example's caption
+    (digits: written from its label); batch_size is per process. Fails here, not at the first
+    batch, if the data are missing.
     """
     process_index, process_count = _process(process_index, process_count)
     source = _open_source(data_config)
@@ -310,6 +336,8 @@ def create_train_iterator(
     epoch_size = int(base.cardinality())
     if epoch_size < 0:  # Unknown to tf.data: the ranges hold exactly the examples read.
         epoch_size = _count(ranges)
+    if data_config.get("text_length", 0):
+        base = _with_caption_tokens(base, data_config, seed, epoch_size)
     flip = data_config.random_flip
 
     def epoch(index: tf.Tensor) -> tf.data.Dataset:
@@ -327,7 +355,7 @@ def create_train_iterator(
             # A stateless flip keyed by (seed, position in the stream) is reproducible.
             key = tf.stack([tf.constant(flip_seed, tf.int64), index * epoch_size + position])
             image = tf.image.stateless_random_flip_left_right(example["image"], seed=key)
-            return {"image": image, "label": example["label"]}
+            return {**example, "image": image}
 
         return ds.enumerate().map(flip_example)
 
@@ -341,10 +369,7 @@ def create_train_iterator(
     ds = ds.batch(batch_size, drop_remainder=True)
     num_levels = data_config.num_levels
     ds = ds.map(
-        lambda batch: {
-            "image": _to_unit_range(batch["image"], num_levels),
-            "label": batch["label"],
-        },
+        lambda batch: {**batch, "image": _to_unit_range(batch["image"], num_levels)},
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     ds = ds.prefetch(tf.data.AUTOTUNE)

@@ -19,6 +19,9 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to run.")
 flags.DEFINE_integer(
     "num_samples", None, "sample mode: images to generate (default eval.num_samples)."
 )
+flags.DEFINE_string(
+    "prompt", None, "sample mode: draw every sample from this caption (text-conditioned models)."
+)
 flags.DEFINE_enum(
     "distributed",
     "auto",
@@ -87,6 +90,12 @@ def main(argv):
             FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
         validation.validate_config(config)
+        if FLAGS.prompt is not None:
+            if FLAGS.mode != "sample":
+                raise ValueError(f"--prompt is for --mode=sample, not --mode={FLAGS.mode}.")
+            from diffax import evaluate
+
+            evaluate.check_prompt(config, FLAGS.prompt)
     except INPUT_ERRORS as e:
         _fail(str(e), FLAGS.verbose)
     logging.get_absl_handler().use_absl_log_file("diffax", workdir)
@@ -99,7 +108,7 @@ def main(argv):
         elif FLAGS.mode == "eval":
             evaluate.evaluate_checkpoint(config, workdir)
         else:
-            evaluate.sample_checkpoint(config, workdir, FLAGS.num_samples)
+            evaluate.sample_checkpoint(config, workdir, FLAGS.num_samples, FLAGS.prompt)
     except preemption.Preempted as e:
         logging.warning("%s", e)
         sys.exit(preemption.PREEMPTED_EXIT_CODE)

@@ -7,6 +7,7 @@ once whatever T is, and every sampler is jit-able with `shape` (and `model_fn`) 
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -219,26 +220,30 @@ def ddim_reverse(
 
 
 def classifier_free_guidance(
-    model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
-    labels: jax.Array,
-    null_label: int,
+    model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
+    labels: Any,
+    null_label: Any,
     guidance_scale: float,
 ) -> ModelFn:
     """Returns model(x, t) = (1 + w) cond - w uncond on the mean channels (Ho & Salimans 2022).
 
-    Conditional (labels [B]) and unconditional (null_label) outputs come from one call on a doubled
-    batch [2B, ...]; with a learned variance (2C output channels) the last C channels are the
-    conditional output's. w = guidance_scale = 0 returns the conditional output exactly.
+    The condition is labels [B] with null_label the null class, or any pytree of [B, ...] arrays
+    (caption tokens [B, L]) with null_label the matching null values (the empty caption [L]),
+    broadcast over the batch. Conditional and unconditional outputs come from one call on a
+    doubled batch [2B, ...]; with a learned variance (2C output channels) the last C channels
+    are the conditional output's. w = guidance_scale = 0 returns the conditional output exactly.
     """
 
     def guided(x: jax.Array, t: jax.Array) -> jax.Array:
         batch, channels = x.shape[0], x.shape[-1]
         t_batch = jnp.broadcast_to(t, (batch,))  # [B]
-        null = jnp.full_like(labels, null_label)  # [B]
+        null = jax.tree.map(
+            lambda c, n: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), labels, null_label
+        )
         out = model_fn(
             jnp.concatenate([x, x], axis=0),  # [2B, H, W, C]
             jnp.concatenate([t_batch, t_batch], axis=0),  # [2B]
-            jnp.concatenate([labels, null], axis=0),  # [2B]
+            jax.tree.map(lambda c, n: jnp.concatenate([c, n], axis=0), labels, null),  # [2B, ...]
         )
         cond, uncond = out[:batch], out[batch:]
         w = guidance_scale

@@ -31,6 +31,7 @@ from diffax import (
     validation,
 )
 from diffax import timestep_sampler as timestep_sampler_lib
+from diffax.models import text_encoder
 from diffax.train_state import TrainState
 
 
@@ -46,11 +47,15 @@ def train_step(
     grad_accum_steps: int = 1,
     conditioning_fn: Callable[[jax.Array, jax.Array], dict] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on a global batch {"image": [B, H, W, C], "label": [B]}; pure.
+    """One optimizer step on a global batch {"image": [B, H, W, C], "label": [B]} (and "tokens"
+    [B, L] for a text-conditioned model); pure.
 
+    label_dropout is the chance a label becomes the null class, or a caption the empty one;
     conditioning_fn(images, key) makes the backbone's further inputs from the batch (see
-    build.conditioning_fn; super-resolution's low-resolution copies)."""
+    build.conditioning_fn; super-resolution's low-resolution copies, inpainting's masks).
+    """
     images, labels = batch["image"], batch["label"]
+    tokens = batch.get("tokens")
     batch_size = images.shape[0]
     # Every random draw derives from (base key, step): a resumed run repeats them exactly.
     key = jax.random.fold_in(state.rng, state.step)
@@ -66,22 +71,31 @@ def train_step(
     if num_classes:
         drop = jax.random.uniform(label_key, labels.shape) < label_dropout
         labels = jnp.where(drop, num_classes, labels)  # The null class.
+    if text_encoder.is_text_conditioned(model):
+        if tokens is None:
+            raise ValueError("A text-conditioned model needs batch['tokens'] (data.text_length).")
+        # Caption dropout to the empty caption, the null context of guidance.
+        drop = jax.random.uniform(jax.random.fold_in(label_key, 1), labels.shape) < label_dropout
+        null = text_encoder.null_tokens(batch_size, tokens.shape[1])
+        tokens = jnp.where(drop[:, None], null, tokens)
+    else:
+        tokens = None
     # Its own key (not a fifth split above), so models without it draw exactly as before.
     cond = {}
     if conditioning_fn is not None:
         cond = conditioning_fn(images, jax.random.fold_in(key, 1))
 
     def loss_fn(params, micro):
-        x0, t_micro, noise_micro, y, w, c, rng = micro
+        x0, t_micro, noise_micro, y, w, tok, c, rng = micro
         model_fn = models.model_fn(
-            model, params, y, train=True, dropout_rng=rng, conditioning=c or None
+            model, params, y, train=True, dropout_rng=rng, tokens=tok, conditioning=c or None
         )
         terms = diffusion.training_losses(
             process, model_fn, x0, t_micro, noise_micro, num_levels=num_levels
         )
         return jnp.mean(terms["loss"] * w), terms
 
-    micro = (images, t, noise, labels, weights, cond)
+    micro = (images, t, noise, labels, weights, tokens, cond)
     if grad_accum_steps == 1:
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, (*micro, dropout_key)
@@ -204,6 +218,17 @@ class Trainer:
             ),
             "label": jax.ShapeDtypeStruct(
                 (global_batch_size,), jnp.int32, sharding=self.batch_sharding
+            ),
+            **(
+                {
+                    "tokens": jax.ShapeDtypeStruct(
+                        (global_batch_size, self.config.data.text_length),
+                        jnp.int32,
+                        sharding=self.batch_sharding,
+                    )
+                }
+                if self.config.data.get("text_length", 0)
+                else {}
             ),
         }
 

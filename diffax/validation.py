@@ -9,6 +9,7 @@ import jax
 import ml_collections
 
 from diffax import build, diffusion, generate, schedules, sharding, solvers, timestep_sampler
+from diffax.datasets import captions
 from diffax.models import dit, layers, unet
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -173,6 +174,50 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     if m.class_cond and data.num_classes < 1:
         raise ConfigError(
             f"model.class_cond=True needs data.num_classes >= 1 (got {data.num_classes})."
+        )
+
+
+def _validate_text(config: ml_collections.ConfigDict) -> None:
+    """Checks the text-conditioning fields: model.text_* and data.text_length."""
+    m, data = config.model, config.data
+    text_cond, length = m.get("text_cond", False), data.get("text_length", 0)
+    if not isinstance(text_cond, bool):
+        raise ConfigError(f"model.text_cond={text_cond!r} must be True or False.")
+    _positive_int(length, "data.text_length", allow_zero=True)
+    if not text_cond:
+        if length:
+            raise ConfigError(
+                f"data.text_length={length} writes captions that no model reads: set "
+                "model.text_cond=True, or data.text_length=0."
+            )
+        return
+    _choice(m.name, "model.name (with model.text_cond=True)", build.TEXT_BACKBONES)
+    if m.class_cond:
+        raise ConfigError(
+            "model.text_cond=True conditions on captions, not labels: set model.class_cond=False."
+        )
+    if config.diffusion.kind != "discrete":
+        raise ConfigError(
+            f"model.text_cond=True trains with diffusion.kind='discrete' only, got "
+            f"{config.diffusion.kind!r}."
+        )
+    if data.dataset != "digits" or data.num_classes != len(captions.DIGIT_WORDS):
+        raise ConfigError(
+            f"model.text_cond=True needs captions: only data.dataset='digits' with "
+            f"data.num_classes=10 has them (written from the labels), got {data.dataset!r}."
+        )
+    needed = captions.max_caption_bytes() + 1
+    if length < needed:
+        raise ConfigError(
+            f"data.text_length={length} must be at least {needed}: the longest digits caption "
+            f"is {needed - 1} UTF-8 bytes plus the BOS token."
+        )
+    _positive_int(m.text_width, "model.text_width")
+    _positive_int(m.text_depth, "model.text_depth")
+    _positive_int(m.text_heads, "model.text_heads")
+    if m.text_width % m.text_heads:
+        raise ConfigError(
+            f"model.text_heads={m.text_heads} must divide model.text_width={m.text_width}."
         )
 
 
@@ -349,10 +394,11 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
                 "(data.num_classes >= 1) to guide towards."
             )
     _number(ev.ddim_eta, "eval.ddim_eta", 0.0, 1.0)
-    if ev.guidance_scale and not config.model.class_cond:
+    if ev.guidance_scale and not (config.model.class_cond or build.is_text_conditioned(config)):
         raise ConfigError(
             f"eval.guidance_scale={ev.guidance_scale} needs a class-conditional model "
-            "(model.class_cond=True); use 0 for an unconditional model."
+            "(model.class_cond=True) or a text-conditioned one (model.text_cond=True); use 0 for "
+            "an unconditional model."
         )
 
 
@@ -401,6 +447,10 @@ def _validate_super_resolution(config: ml_collections.ConfigDict) -> None:
             f"or 'dit' with diffusion.kind='discrete' (got {config.model.name!r}, "
             f"{config.diffusion.kind!r})."
         )
+    if config.model.get("text_cond"):
+        raise ConfigError(
+            "super_resolution.low_res_size > 0 with model.text_cond=True is not built yet."
+        )
     if config.eval.ode_bpd:
         raise ConfigError(
             "eval.ode_bpd=True is not available for a super-resolution model "
@@ -439,6 +489,8 @@ def _validate_inpainting(config: ml_collections.ConfigDict) -> None:
         )
     if config.super_resolution.low_res_size:
         raise ConfigError(f"{field}=True and super_resolution.low_res_size > 0 do not combine.")
+    if config.model.get("text_cond"):
+        raise ConfigError(f"{field}=True with model.text_cond=True is not built yet.")
     if ip.mask_cond and ip.repaint:
         raise ConfigError(
             "inpainting.repaint=True is for models without mask conditioning; this one has "
@@ -515,6 +567,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     _validate_latent(config)
     _validate_data(config)
     _validate_model(config)
+    _validate_text(config)
     _validate_diffusion(config)
     _validate_training(config, device_count)
     _validate_eval(config, device_count)

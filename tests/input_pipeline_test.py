@@ -458,3 +458,26 @@ def test_missing_folder_fails_naming_it(tmp_path):
     config = _folder_config(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="nowhere"):
         input_pipeline.create_train_iterator(config, batch_size=4, seed=0)
+
+
+def test_text_batches_carry_each_label_s_caption_by_a_training_template(digits_config):
+    from diffax.datasets import captions
+    from diffax.models import text_encoder
+
+    config = ml_collections.ConfigDict(digits_config.to_dict())
+    config.text_length = 32
+    first = next(input_pipeline.create_train_iterator(config, batch_size=64, seed=0))
+    chex.assert_shape(first["tokens"], (64, 32))
+    assert first["tokens"].dtype == np.int32
+    table = captions.caption_table("train")
+    for label, caption in zip(
+        first["label"], text_encoder.detokenize(first["tokens"]), strict=True
+    ):
+        assert caption in [row[label] for row in table]
+    assert len(set(text_encoder.detokenize(first["tokens"]))) > 10  # Templates vary.
+    again = next(input_pipeline.create_train_iterator(config, batch_size=64, seed=0))
+    np.testing.assert_array_equal(first["tokens"], again["tokens"])
+    straight = _take(input_pipeline.create_train_iterator(config, 64, seed=0), 25)
+    resumed = _take(input_pipeline.create_train_iterator(config, 64, seed=0, start_batch=23), 2)
+    for want, got in zip(straight[23:], resumed, strict=True):
+        np.testing.assert_array_equal(want["tokens"], got["tokens"])

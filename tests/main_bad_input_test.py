@@ -142,7 +142,17 @@ CONFIG_CASES = [
     ("num-samples-zero", ["--mode=sample", "--num_samples=0"], ["--num_samples"]),
     ("num-samples-negative", ["--mode=sample", "--num_samples=-3"], ["--num_samples"]),
     ("no-checkpoint", ["--mode=eval"], ["No checkpoint"]),
+    ("prompt-without-text", ["--mode=sample", "--prompt=a three"], ["--prompt", "text_cond"]),
+    ("text-length-short", ["--config.data.text_length=8"], ["data.text_length"]),
 ]
+
+
+def test_prompt_outside_sample_mode_or_too_long_for_the_text_model(tmp_path):
+    text = "configs/tiny_text.py"
+    done = _run([f"--workdir={tmp_path}", "--prompt=a three"], config=text)
+    _assert_one_sentence(done, "--prompt", "--mode=sample")
+    done = _run([f"--workdir={tmp_path}", "--mode=sample", "--prompt=" + "x" * 40], config=text)
+    _assert_one_sentence(done, "data.text_length=32")
 
 
 @pytest.mark.parametrize(

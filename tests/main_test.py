@@ -21,12 +21,12 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
 
 
-def _command(workdir, data_dir, *overrides, mode="train"):
+def _command(workdir, data_dir, *overrides, mode="train", config="configs/tiny.py"):
     return [
         sys.executable,
         "-m",
         "diffax.main",
-        "--config=configs/tiny.py",
+        f"--config={config}",
         f"--workdir={workdir}",
         f"--mode={mode}",
         f"--config.data.data_dir={data_dir}",
@@ -40,14 +40,14 @@ def _env():
     return env
 
 
-def _run(*args, **kwargs):
+def _run(*args, timeout=300, **kwargs):
     return subprocess.run(
         _command(*args, **kwargs),
         cwd=ROOT,
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -89,6 +89,37 @@ def test_train_then_eval_and_sample_modes(data_dir, tmp_path):
     sample = _run(workdir, data_dir, "--num_samples=3", mode="sample")
     assert sample.returncode == 0, sample.stderr[-3000:]
     assert os.path.exists(os.path.join(workdir, "samples_00000004_n3.png"))
+
+
+def test_text_model_trains_evaluates_on_held_out_prompts_and_samples_from_a_prompt(
+    data_dir, tmp_path, classifier_path
+):
+    workdir = str(tmp_path)
+    text = [f"--config.eval.classifier_path={classifier_path}"]
+    config = "configs/tiny_text.py"
+    # The text model compiles three programs (train step, bound, guided sampler): a longer limit
+    # for a loaded machine.
+    done = _run(
+        workdir, data_dir, *text, "--config.eval.num_bpd_examples=8", config=config, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(workdir, "eval_00000004.json")) as f:
+        results = json.load(f)
+    assert 0.0 <= results["samples/digits_class_accuracy"] <= 1.0
+    assert results["forward_passes_per_sample"] == 2 * results["sampler_nfe"]  # Guided.
+    assert "someone wrote a {word}" in results["prompts"]
+    sample = _run(
+        workdir,
+        data_dir,
+        *text,
+        "--num_samples=2",
+        "--prompt=a handwritten three",
+        mode="sample",
+        config=config,
+        timeout=900,
+    )
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert os.path.exists(os.path.join(workdir, "samples_00000004_n2.png"))
 
 
 def test_eval_without_checkpoint_and_bad_config_fail_in_one_sentence(data_dir, tmp_path):

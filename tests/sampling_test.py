@@ -349,3 +349,24 @@ def test_classifier_free_guidance_calls_model_once_per_step_with_doubled_batch()
     out = sampling.ddim_sample(d, guided, (2, 2, 2, 1), jax.random.PRNGKey(13))
     chex.assert_tree_all_finite(out)
     assert calls == [(4, 4, 4)]  # one batched call, traced once inside the scan over 8 steps
+
+
+def test_classifier_free_guidance_on_caption_tokens_doubles_with_the_empty_caption():
+    """The condition may be tokens [B, L] with a null row [L]: w = 0 is the conditional model and
+    the second half of the doubled batch sees the null row in every example."""
+    x = jax.random.normal(jax.random.PRNGKey(11), (2, 2, 2, 1))
+    t = jnp.array([4, 5])
+    tokens = jnp.array([[1, 7, 9, 0], [1, 3, 0, 0]])
+    null = jnp.array([1, 0, 0, 0])
+    seen = []
+
+    def model(x, t, c):
+        seen.append(c)
+        return x * jnp.sum(c, axis=1).astype(x.dtype)[:, None, None, None]
+
+    chex.assert_trees_all_equal(
+        sampling.classifier_free_guidance(model, tokens, null, 0.0)(x, t), model(x, t, tokens)
+    )
+    np.testing.assert_array_equal(seen[0][2:], [null, null])
+    guided = sampling.classifier_free_guidance(model, tokens, null, 2.0)(x, t)
+    chex.assert_trees_all_close(guided, 3.0 * model(x, t, tokens) - 2.0 * x * 1.0)

@@ -332,3 +332,51 @@ def test_a_continuous_vdm_trains_reports_its_bound_and_samples(tiny_config, tmp_
     png = evaluate.sample_checkpoint(config, workdir, num_samples=4)
     saved = np.load(png.replace(".png", ".npz"))
     assert saved["levels"].shape == (4, 8, 8, 1)
+
+
+def _text_batch(config, seed=0):
+    from diffax.datasets import captions
+    from diffax.models import text_encoder
+
+    batch = _batch(config, seed)
+    texts = captions.captions(batch["label"], seed, "train")
+    batch["tokens"] = text_encoder.tokenize(texts, config.data.text_length)
+    return batch
+
+
+def test_text_train_step_compiles_once_trains_the_encoder_and_drops_captions():
+    from configs import tiny_text
+
+    config = tiny_text.get_config()
+    trainer = train.Trainer(config)
+
+    options = dict(
+        model=trainer.model, process=trainer.process, num_levels=17, importance_sampling=False
+    )
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(state, batch):
+        return train.train_step(state, batch, label_dropout=0.1, **options)
+
+    state = trainer.init()
+    before = jax.device_get(state.params)
+    # Four steps: warmup starts at rate 0, and the zero output projections pass the encoder no
+    # gradient until they have moved.
+    for i in range(4):
+        state, metrics = step(state, sharding.global_batch(_text_batch(config, i), trainer.mesh))
+    chex.assert_tree_all_finite(metrics)
+    assert set(state.params) == {"denoiser", "encoder"}
+    embed = "token_embed"
+    assert not np.allclose(
+        before["encoder"][embed]["embedding"], state.params["encoder"][embed]["embedding"]
+    )
+    # Every caption dropped, the step cannot tell two batches' captions apart; none dropped, it can.
+    losses = jax.jit(
+        lambda state, batch, p: train.train_step(state, batch, label_dropout=p, **options)[1]
+    )
+    batch = _text_batch(config, 0)
+    other = dict(batch, tokens=np.roll(batch["tokens"], 1, axis=0))
+    loss = lambda b, p: float(losses(state, sharding.global_batch(b, trainer.mesh), p)["loss"])
+    assert loss(batch, 1.0) == loss(other, 1.0)
+    assert loss(batch, 0.0) != loss(other, 0.0)

@@ -11,10 +11,12 @@ from configs import (
     cifar10,
     digits,
     digits_latent,
+    digits_text,
     imagenet64,
     imagenet256_dit_xl2,
     imagenet256_ldm,
     tiny,
+    tiny_text,
 )
 from diffax import build, generate, validation
 from diffax.validation import ConfigError
@@ -61,6 +63,20 @@ INVALID = [
     ("model.name", "transformer"),
     ("model.channel_mult", (1, 0.7)),
     ("data.dataset", None),
+    ("data.text_length", 40),  # Captions that no model reads (model.text_cond=False).
+]
+
+# Bad text-conditioning fields on the tiny text config; each message names the field.
+INVALID_TEXT = [
+    ("data.text_length", 10),  # Shorter than the longest digits caption.
+    ("data.text_length", -1),
+    ("model.text_width", 0),
+    ("model.text_depth", -2),
+    ("model.text_heads", 3),  # Does not divide text_width.
+    ("model.class_cond", True),
+    ("model.name", "noisy_classifier"),
+    ("diffusion.kind", "continuous"),
+    ("data.dataset", "cifar10"),
 ]
 
 
@@ -101,6 +117,20 @@ def test_invalid_field_is_named(field, value):
     _set(config, field, value)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         validation.validate_config(config, device_count=8)
+
+
+@pytest.mark.parametrize(("field", "value"), INVALID_TEXT)
+def test_invalid_text_field_is_named_in_one_sentence(field, value):
+    config = tiny_text.get_config()
+    _set(config, field, value)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as error:
+        validation.validate_config(config, device_count=8)
+    assert "\n" not in str(error.value)
+
+
+def test_text_configs_are_valid_and_guidance_is_allowed_for_a_text_model():
+    for make in (digits_text, tiny_text):
+        validation.validate_config(make.get_config(), device_count=8)
 
 
 def test_hybrid_loss_with_fixed_variance_is_refused_but_vlb_is_allowed():

@@ -2,7 +2,9 @@
 
 A backbone is a flax module called as `model.apply({"params": params}, x, t, y, train=...)` with
 `x` [B, H, W, C], `t` [B] timesteps and `y` [B] labels or None; `diffax.build.MODELS` maps
-`config.model.name` to the function that builds it from a config.
+`config.model.name` to the function that builds it from a config. A text-conditioned model
+(`text_encoder.TextConditioned`) also takes `tokens=` [B, L], the captions as byte tokens; the
+backbones themselves take the encoded context as `context=`, `context_mask=`.
 """
 
 import math
@@ -11,6 +13,7 @@ from typing import Any
 import jax
 
 from diffax.diffusion import ModelFn
+from diffax.models import text_encoder
 
 
 def count_params(params: Any) -> int:
@@ -26,16 +29,24 @@ def model_fn(
     train: bool = False,
     dropout_rng: jax.Array | None = None,
     conditioning: dict[str, jax.Array] | None = None,
+    tokens: jax.Array | None = None,
 ) -> ModelFn:
-    """Returns `fn(x_t, timesteps) -> output` of the model with fixed params and labels [B].
+    """Returns `fn(x_t, timesteps) -> output` of the model with fixed params, labels [B] and
+    caption tokens [B, L].
 
-    labels are passed only to a class-conditional model (model.num_classes > 0); conditioning
-    holds further keyword inputs of the backbone (concat, aug_level: image conditioning); train=True
+    labels are passed only to a class-conditional model (model.num_classes > 0); tokens only to
+    a text-conditioned one, which reads None as the empty caption (the null context);
+    conditioning holds further keyword inputs of the backbone (concat, aug_level: image
+    conditioning); train=True
     enables dropout, drawn from dropout_rng.
     """
     y = labels if getattr(model, "num_classes", 0) else None
     rngs = {"dropout": dropout_rng} if train else None
-    extra = conditioning or {}
+    extra = dict(conditioning or {})
+    if text_encoder.is_text_conditioned(model):
+        extra["tokens"] = tokens
+    elif tokens is not None:
+        raise ValueError("Caption tokens were given to a model without text conditioning.")
 
     def fn(x_t: jax.Array, timesteps: jax.Array) -> jax.Array:
         return model.apply({"params": params}, x_t, timesteps, y, train=train, rngs=rngs, **extra)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffax.models.cross_attention import MultiHeadAttention
 from diffax.models.layers import LevelEmbedding, check_image_cond_inputs, timestep_embedding
 
 Dtype = Any
@@ -150,7 +151,10 @@ class DiTBlock(nn.Module):
 
     From the conditioning c, one zero-initialised Dense regresses shift, scale and gate for the
     attention and MLP branches: `x + gate * branch(LN(x) * (1 + scale) + shift)`. At
-    initialisation every gate is 0, so the block is the identity.
+    initialisation every gate is 0, so the block is the identity. Given a context, a
+    cross-attention layer follows the self-attention, `x + cross_attn(LN(x), context)`, unmodulated
+    as in PixArt-alpha (Chen et al. 2023, section 2.3); its zero output projection keeps the
+    block the identity at initialisation.
     """
 
     num_heads: int
@@ -158,8 +162,15 @@ class DiTBlock(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
-        """Returns float32 tokens `[B, L, D]` from tokens `x` `[B, L, D]` and `c` `[B, D]`."""
+    def __call__(
+        self,
+        x: jax.Array,
+        c: jax.Array,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Returns float32 tokens `[B, L, D]` from tokens `x` `[B, L, D]`, `c` `[B, D]` and an
+        optional context `[B, Lc, Dc]` with its mask `[B, Lc]`."""
         hidden = x.shape[-1]
         modulation = _dense(6 * hidden, self.dtype, "adaLN_modulation", kernel_init=_zeros)(
             nn.silu(c)
@@ -171,6 +182,11 @@ class DiTBlock(nn.Module):
         h = modulate(layer_norm(x), shift_msa, scale_msa)
         h = SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(h)
         x = x + gate_msa[:, None, :] * h.astype(jnp.float32)
+        if context is not None:
+            h = MultiHeadAttention(
+                self.num_heads, self.dtype, zero_init_out=True, name="cross_attn"
+            )(layer_norm(x).astype(self.dtype), context.astype(self.dtype), context_mask)
+            x = x + h.astype(jnp.float32)
 
         h = modulate(layer_norm(x), shift_mlp, scale_mlp)
         h = _dense(int(hidden * self.mlp_ratio), self.dtype, "mlp_in")(h)
@@ -215,19 +231,24 @@ class DiT(nn.Module):
         train: bool = False,
         concat: jax.Array | None = None,
         aug_level: jax.Array | None = None,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
     ) -> jax.Array:
         """Returns the float32 `[B, H, W, out_channels]` output for `x` `[B, H, W, C]`.
 
         `t` `[B]` int or float timesteps (unscaled, e.g. 0..T-1); `y` `[B]` int labels in
         `0..num_classes` (num_classes = null class) or None; `concat`, `aug_level`: see
-        concat_cond and level_cond. DiT has no dropout: `train` is accepted for the common
-        backbone interface and changes nothing.
+        concat_cond and level_cond; `context` `[B, L, D]` with `context_mask` `[B, L]` (True:
+        attend; default all True) adds cross-attention to every block. DiT has no dropout:
+        `train` is accepted for the common backbone interface and changes nothing.
         """
         del train
         self._check_inputs(x, y)
         check_image_cond_inputs(self.concat_cond, self.level_cond, x, concat, aug_level)
         if self.concat_cond:
             x = jnp.concatenate([x, concat.astype(x.dtype)], axis=-1)
+        if context is not None and context_mask is None:
+            context_mask = jnp.ones(context.shape[:2], bool)
         _, height, width, _ = x.shape
         p = self.patch_size
 
@@ -262,7 +283,7 @@ class DiT(nn.Module):
         block = nn.remat(DiTBlock) if self.remat else DiTBlock
         for i in range(self.depth):
             tokens = block(self.num_heads, self.mlp_ratio, dtype=self.dtype, name=f"block_{i}")(
-                tokens, c
+                tokens, c, context, context_mask
             )
 
         # Final layer: adaLN (shift, scale) and a linear decoder to p*p*out_channels per token,

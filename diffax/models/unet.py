@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffax.models.cross_attention import SpatialTransformer
 from diffax.models.layers import (
     AttentionBlock,
     Downsample,
@@ -32,7 +33,11 @@ def reachable_resolutions(height: int, num_levels: int) -> tuple[int, ...]:
 
 
 class UNet(nn.Module):
-    """Noise-prediction U-Net: `(x [B, H, W, C], t [B], y [B] or None) -> [B, H, W, out]`."""
+    """Noise-prediction U-Net: `(x [B, H, W, C], t [B], y [B] or None) -> [B, H, W, out]`.
+
+    Given a context `[B, L, D]` and its mask `[B, L]` (keywords), every attention block becomes
+    LDM's SpatialTransformer, which also cross-attends to the context (Rombach et al. 2022).
+    """
 
     out_channels: int  # C for a fixed variance, 2C for a learned one (mean channels first)
     ch: int = 128  # base width; level i has ch * channel_mult[i] channels
@@ -87,15 +92,21 @@ class UNet(nn.Module):
         train: bool = False,
         concat: jax.Array | None = None,
         aug_level: jax.Array | None = None,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
     ) -> jax.Array:
         """Returns the float32 `[B, H, W, out_channels]` output for `x` `[B, H, W, C]`.
 
         `t` `[B]` int or float timesteps (unscaled, e.g. 0..T-1); `y` `[B]` int labels in
         `0..num_classes` (num_classes = null class) or None; `concat`, `aug_level`: see
-        concat_cond and level_cond. Dropout draws from the "dropout" RNG stream when `train=True`.
+        concat_cond and level_cond; `context` `[B, L, D]` with `context_mask` `[B, L]` (True:
+        attend; default all True) or None. Dropout draws from the "dropout" RNG stream when
+        `train=True`.
         """
         self._check_inputs(x, y)
         check_image_cond_inputs(self.concat_cond, self.level_cond, x, concat, aug_level)
+        if context is not None and context_mask is None:
+            context_mask = jnp.ones(context.shape[:2], bool)
         if self.fourier_features:
             x = fourier_features(x, tuple(self.fourier_features))
         if self.concat_cond:
@@ -103,6 +114,7 @@ class UNet(nn.Module):
         height = x.shape[1]
         res_block = nn.remat(ResBlock) if self.remat else ResBlock
         attn_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+        text_block = nn.remat(SpatialTransformer) if self.remat else SpatialTransformer
 
         def res(h, emb, channels, name, up=False, down=False):
             return res_block(
@@ -117,6 +129,11 @@ class UNet(nn.Module):
             )(h, emb)
 
         def attn(h, name):
+            if context is not None:
+                block = text_block(
+                    self.num_heads, self.num_head_channels, dtype=self.dtype, name=name
+                )
+                return block(h, context, context_mask)
             return attn_block(self.num_heads, self.num_head_channels, dtype=self.dtype, name=name)(
                 h
             )

@@ -1,0 +1,142 @@
+"""A small byte-level text encoder, and the wrapper that conditions a backbone on its output.
+
+Tokens are UTF-8 bytes shifted by 2 after a BOS token, padded to a fixed length: no vocabulary file
+and no download. The BOS token is always valid, so the empty caption (the null context of
+classifier-free guidance) still has one key to attend to. The encoder is trained jointly with the
+denoiser: `TextConditioned` holds both, so its parameters are {"denoiser": ..., "encoder": ...}
+and checkpoints and EMA treat them as one tree.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffax.models.cross_attention import MultiHeadAttention, layer_norm
+
+PAD_ID = 0  # Padding after the caption: masked out of every attention.
+BOS_ID = 1  # First token of every caption (the whole of the empty one).
+BYTE_OFFSET = 2  # Byte b is token b + 2.
+VOCAB_SIZE = 256 + BYTE_OFFSET
+
+
+def tokenize(texts: Sequence[str], length: int) -> np.ndarray:
+    """Returns int32 tokens [N, length]: BOS, the UTF-8 bytes + 2, then PAD; ValueError if a
+    text does not fit in length - 1 bytes."""
+    tokens = np.full((len(texts), length), PAD_ID, np.int32)
+    tokens[:, 0] = BOS_ID
+    for i, text in enumerate(texts):
+        data = text.encode("utf-8")
+        if len(data) > length - 1:
+            raise ValueError(
+                f"The caption {text!r} is {len(data)} UTF-8 bytes; data.text_length={length} "
+                f"holds at most {length - 1} (one token is the BOS)."
+            )
+        tokens[i, 1 : 1 + len(data)] = np.frombuffer(data, np.uint8).astype(np.int32) + BYTE_OFFSET
+    return tokens
+
+
+def detokenize(tokens: np.ndarray) -> list[str]:
+    """Returns the captions of int tokens [N, L] (BOS and PAD dropped)."""
+    rows = np.asarray(tokens)
+    return [bytes(int(t) - BYTE_OFFSET for t in row if t >= BYTE_OFFSET).decode() for row in rows]
+
+
+def null_tokens(batch: int, length: int) -> jax.Array:
+    """Returns the empty caption [batch, length]: BOS then PAD (the guidance null context)."""
+    return jnp.zeros((batch, length), jnp.int32).at[:, 0].set(BOS_ID)
+
+
+def token_mask(tokens: jax.Array) -> jax.Array:
+    """Returns bool [B, L]: True on BOS and byte tokens, False on padding."""
+    return tokens != PAD_ID
+
+
+class TextEncoder(nn.Module):
+    """Pre-LN transformer over byte tokens: `tokens [B, L] -> context [B, L, width]` (float32).
+
+    Byte embeddings plus a byte 3-gram convolution, learned positions, then `depth` blocks of
+    masked self-attention and MLP, and a final LayerNorm.
+    """
+
+    max_length: int  # L, the token length (learned position embeddings)
+    width: int = 128  # D, the token width
+    depth: int = 2  # transformer blocks
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """Returns the float32 context `[B, L, width]`; padding keys get no attention weight."""
+        mask = token_mask(tokens)
+        h = nn.Embed(VOCAB_SIZE, self.width, name="token_embed")(tokens)  # [B, L, D]
+        pos = self.param(
+            "pos_embed", nn.initializers.normal(0.02), (self.max_length, self.width), jnp.float32
+        )
+        # A byte 3-gram convolution (padding zeroed first) gives every block local spelling
+        # features that do not depend on where a word sits in the caption.
+        h = h * mask[..., None]
+        h = h + nn.Conv(self.width, (3,), padding="SAME", dtype=self.dtype, name="ngram_conv")(
+            h.astype(self.dtype)
+        ).astype(jnp.float32)
+        h = h + pos[None, : tokens.shape[1]]
+        for i in range(self.depth):
+            n = layer_norm(h, f"block_{i}_norm_attn").astype(self.dtype)
+            h = h + MultiHeadAttention(self.num_heads, self.dtype, name=f"block_{i}_attn")(
+                n, n, mask
+            ).astype(jnp.float32)
+            n = layer_norm(h, f"block_{i}_norm_mlp").astype(self.dtype)
+            n = nn.Dense(self.mlp_ratio * self.width, dtype=self.dtype, name=f"block_{i}_mlp_in")(n)
+            n = nn.Dense(self.width, dtype=self.dtype, name=f"block_{i}_mlp_out")(nn.gelu(n))
+            h = h + n.astype(jnp.float32)
+        return layer_norm(h, "final_norm")
+
+
+class TextConditioned(nn.Module):
+    """A backbone conditioned on captions: `(x, t, y=None, *, tokens [B, L]) -> backbone output`.
+
+    The encoder's context and the token mask reach the backbone as `context=`, `context_mask=`;
+    tokens=None is the empty caption (the null context).
+    """
+
+    denoiser: nn.Module
+    encoder: TextEncoder
+
+    @property
+    def num_classes(self) -> int:
+        """Returns the backbone's label classes (0 for a text-only model)."""
+        return getattr(self.denoiser, "num_classes", 0)
+
+    @property
+    def text_length(self) -> int:
+        """Returns L, the token length every caption is padded to."""
+        return self.encoder.max_length
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        y: jax.Array | None = None,
+        *,
+        train: bool = False,
+        tokens: jax.Array | None = None,
+    ) -> jax.Array:
+        """Returns the backbone's output for x [B, H, W, C], t [B] and tokens [B, L] or None."""
+        if tokens is None:
+            tokens = null_tokens(x.shape[0], self.text_length)
+        if tokens.ndim != 2 or tokens.shape[1] != self.text_length:
+            raise ValueError(
+                f"tokens must be [B, {self.text_length}] (data.text_length), got {tokens.shape}."
+            )
+        context = self.encoder(tokens)
+        return self.denoiser(x, t, y, train=train, context=context, context_mask=token_mask(tokens))
+
+
+def is_text_conditioned(model: Any) -> bool:
+    """Returns whether model reads captions (a TextConditioned wrapper)."""
+    return isinstance(model, TextConditioned)

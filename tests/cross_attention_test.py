@@ -1,0 +1,106 @@
+"""Tests for diffax.models.cross_attention and the U-Net / DiT with a context."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffax.models import cross_attention, dit
+from diffax.models.unet import UNet
+
+BATCH, LENGTH, WIDTH = 2, 6, 16
+MASK = jnp.array([[True, True, True, False, False, False], [True] * 5 + [False]])  # [B, L]
+
+
+def _context(seed=0):
+    return jax.random.normal(jax.random.key(seed), (BATCH, LENGTH, WIDTH))  # [B, L, D]
+
+
+def _with_new_padding(context, seed=7):
+    """Returns context with every masked position replaced by other values."""
+    other = 100.0 * jax.random.normal(jax.random.key(seed), context.shape)
+    return jnp.where(MASK[..., None], context, other)
+
+
+def _perturb(params, scale=0.05):
+    """Adds noise to every leaf, so zero-initialised projections stop hiding the network."""
+    rng = np.random.default_rng(0)
+    return jax.tree.map(
+        lambda a: np.asarray(a) + scale * rng.standard_normal(a.shape, np.float32), params
+    )
+
+
+def test_masked_attention_matches_softmax_over_the_valid_keys_only():
+    q, k, v = (jax.random.normal(jax.random.key(i), (BATCH, 4, 2, 8)) for i in range(3))
+    k, v = (
+        jnp.pad(k, ((0, 0), (0, 2), (0, 0), (0, 0))),
+        jnp.pad(v, ((0, 0), (0, 2), (0, 0), (0, 0))),
+    )
+    mask = MASK[:, :6]
+    out = cross_attention.masked_attention(q, k, v, mask)
+    for b in range(BATCH):
+        valid = np.asarray(mask[b])
+        kb, vb = np.asarray(k[b])[valid], np.asarray(v[b])[valid]  # [n, heads, d]
+        logits = np.einsum("qhd,khd->hqk", np.asarray(q[b]), kb) / np.sqrt(8)
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        expected = np.einsum("hqk,khd->qhd", weights, vb)
+        np.testing.assert_allclose(out[b], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_attention_with_no_valid_key_stays_finite():
+    q, k, v = (jax.random.normal(jax.random.key(i), (1, 3, 1, 4)) for i in range(3))
+    out = cross_attention.masked_attention(q, k, v, jnp.zeros((1, 3), bool))
+    chex.assert_tree_all_finite(out)
+
+
+def test_spatial_transformer_is_identity_at_init_and_ignores_padding_after_training():
+    block = cross_attention.SpatialTransformer(num_head_channels=16)
+    x = jax.random.normal(jax.random.key(3), (BATCH, 4, 4, 32))
+    params = block.init(jax.random.key(0), x, _context(), MASK)["params"]
+    chex.assert_trees_all_close(block.apply({"params": params}, x, _context(), MASK), x)
+    trained = {"params": _perturb(params)}
+    out = block.apply(trained, x, _context(), MASK)
+    assert not np.allclose(out, x)  # The perturbed block does something...
+    padded = block.apply(trained, x, _with_new_padding(_context()), MASK)
+    chex.assert_trees_all_close(out, padded, atol=1e-5)  # ...but never reads masked tokens.
+
+
+def test_unet_with_context_has_output_shape_and_ignores_masked_tokens():
+    model = UNet(
+        out_channels=2,
+        ch=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        num_head_channels=32,
+    )
+    x = jax.random.normal(jax.random.key(1), (BATCH, 8, 8, 1))
+    t = jnp.array([3, 400])
+    params = model.init(jax.random.key(0), x, t, context=_context(), context_mask=MASK)["params"]
+    assert "cross_attn" in params["mid_attn"]
+    apply = jax.jit(lambda p, c: model.apply({"params": p}, x, t, context=c, context_mask=MASK))
+    params = _perturb(params)
+    out = apply(params, _context())
+    chex.assert_shape(out, (BATCH, 8, 8, 2))
+    chex.assert_trees_all_close(out, apply(params, _with_new_padding(_context())), atol=1e-5)
+    assert not np.allclose(out, apply(params, _context(seed=1)), atol=1e-4)  # It reads context.
+
+
+def test_dit_block_with_cross_attention_is_identity_at_init_and_ignores_masked_tokens():
+    model = dit.DiT(out_channels=2, patch_size=2, hidden_size=32, depth=2, num_heads=2)
+    x = jax.random.normal(jax.random.key(1), (BATCH, 8, 8, 1))
+    t = jnp.array([3, 400])
+    params = model.init(jax.random.key(0), x, t, context=_context(), context_mask=MASK)["params"]
+    block = dit.DiTBlock(num_heads=2)
+    tokens = jax.random.normal(jax.random.key(2), (BATCH, 16, 32))
+    c = jax.random.normal(jax.random.key(3), (BATCH, 32))
+    chex.assert_trees_all_close(
+        block.apply({"params": params["block_0"]}, tokens, c, _context(), MASK), tokens
+    )
+    params = _perturb(params)
+    apply = jax.jit(lambda p, ctx: model.apply({"params": p}, x, t, context=ctx, context_mask=MASK))
+    out = apply(params, _context())
+    chex.assert_shape(out, (BATCH, 8, 8, 2))
+    chex.assert_trees_all_close(out, apply(params, _with_new_padding(_context())), atol=1e-5)
+    assert not np.allclose(out, apply(params, _context(seed=1)), atol=1e-4)
