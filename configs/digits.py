@@ -35,6 +35,7 @@ def get_config():
     config.training.warmup_steps = 200
     config.training.grad_clip = 1.0
     config.training.ema_rates = (0.999,)
+    config.training.ema_warmup = True  # 0.999 alone keeps 13.5% of the init after 2000 steps.
     config.training.label_dropout = 0.1
     config.training.sample_every = 1000
     config.training.checkpoint_every = 500
