@@ -11,6 +11,9 @@ import pytest
 
 from diffax.tools import benchmark
 
+# One worker runs the module-scoped smoke run once (on two workers it ran twice).
+pytestmark = pytest.mark.xdist_group("benchmark")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 16  # configs/tiny.py's training.batch_size
 NUM_SAMPLES = 8
