@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from diffax import models
 from diffax.continuous import (
@@ -29,7 +28,7 @@ from diffax.continuous import (
     training_losses,
 )
 from diffax.models import noise_schedule
-from diffax.train_state import TrainState
+from diffax.train_state import TrainState, step_metrics
 
 
 def schedule_module(config: ml_collections.ConfigDict) -> noise_schedule.NoiseSchedule:
@@ -185,12 +184,4 @@ def train_step(
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
     new_state = state.apply_gradients(grads)
-    metrics = {
-        "loss": loss,
-        "mse": jnp.mean(terms["mse"]),
-        "vb": jnp.mean(terms["vb"]),
-        "grad_norm": optax.global_norm(grads),
-        "skipped": new_state.skipped,
-        "consecutive_skips": new_state.consecutive_skips,
-    }
-    return new_state, metrics
+    return new_state, step_metrics(loss, terms, grads, new_state)

@@ -484,12 +484,7 @@ def save_sample_grid(
     if build.is_super_resolution(config) or build.is_inpainting(config):
         from diffax import image_tasks
 
-        task = (
-            image_tasks.super_resolve_eval_split
-            if build.is_super_resolution(config)
-            else image_tasks.inpaint
-        )
-        _, _, figures = task(config, generator, params, seed, 10)
+        _, _, figures = image_tasks.run_on_eval_split(config, generator, params, seed, 10)
         return save_samples(config, workdir, name, figures["grid"], columns=figures["grid_columns"])
     samples = generator.generate(params, num_samples, seed)
     if latent is not None:
@@ -550,14 +545,9 @@ def evaluate_params(
         # Upsample or fill in the eval split's own images; labels are the true ones.
         from diffax import image_tasks
 
-        if build.is_super_resolution(config):
-            samples, labels, figures = image_tasks.super_resolve_eval_split(
-                config, generator, params, step
-            )
-        else:
-            samples, labels, figures = image_tasks.inpaint(
-                config, generator, params, step, config.eval.num_samples
-            )
+        samples, labels, figures = image_tasks.run_on_eval_split(
+            config, generator, params, step, config.eval.num_samples
+        )
         grid, grid_columns = figures.pop("grid"), figures.pop("grid_columns")
         results.update(figures)
     else:

@@ -60,11 +60,6 @@ def sampling_process(
     return process.respace(schedules.space_timesteps(process.num_timesteps, spec))
 
 
-def _resize_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    """Returns x [n, ...] repeated cyclically to [rows, ...] (a short last batch, padded)."""
-    return x[np.arange(rows) % len(x)]
-
-
 def sample_labels(num_samples: int, num_classes: int) -> np.ndarray:
     """Returns the class of each sample: 0, 1, ..., K-1, 0, 1, ... (zeros when unconditional)."""
     return (np.arange(num_samples) % max(num_classes, 1)).astype(np.int32)
@@ -306,7 +301,7 @@ class Generator:
             if conditioning is not None:
                 cond = {
                     k: jax.device_put(
-                        _resize_rows(np.asarray(v[i : i + self.batch_size]), self.batch_size),
+                        np.resize(v[i : i + self.batch_size], (self.batch_size, *v.shape[1:])),
                         sharding.batch_sharding(self.mesh),
                     )
                     for k, v in conditioning.items()

@@ -220,6 +220,16 @@ def inpaint(
     return samples, labels, figures
 
 
+def run_on_eval_split(
+    config: ml_collections.ConfigDict, generator: generate.Generator, params, seed: int, n: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Returns (samples, true labels, figures) of the config's image task on the first n
+    eval-split images: super_resolve_eval_split or inpaint."""
+    if build.is_super_resolution(config):
+        return super_resolve_eval_split(config, generator, params, seed, n)
+    return inpaint(config, generator, params, seed, n)
+
+
 def sample_inpainting(
     config: ml_collections.ConfigDict,
     workdir: str,

@@ -10,7 +10,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from absl import logging
 
 from diffax import (
@@ -32,7 +31,7 @@ from diffax import (
 )
 from diffax import timestep_sampler as timestep_sampler_lib
 from diffax.models import text_encoder
-from diffax.train_state import TrainState
+from diffax.train_state import TrainState, step_metrics
 
 
 def train_step(
@@ -125,15 +124,7 @@ def train_step(
             sampler_state, t, per_example
         )
     new_state = state.apply_gradients(grads, sampler_state=sampler_state)
-    metrics = {
-        "loss": loss,
-        "mse": jnp.mean(terms["mse"]),
-        "vb": jnp.mean(terms["vb"]),
-        "grad_norm": optax.global_norm(grads),
-        "skipped": new_state.skipped,
-        "consecutive_skips": new_state.consecutive_skips,
-    }
-    return new_state, metrics
+    return new_state, step_metrics(loss, terms, grads, new_state)
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process) -> Callable:

@@ -83,3 +83,16 @@ class TrainState(flax.struct.PyTreeNode):
             consecutive_skips=jnp.where(ok, 0, self.consecutive_skips + 1).astype(jnp.int32),
             **{k: keep(v, getattr(self, k)) for k, v in replace.items()},
         )
+
+
+def step_metrics(loss: jax.Array, terms: dict, grads: Any, state: TrainState) -> dict:
+    """Returns a denoiser step's logged metrics: mean loss, mse and vb, the gradient norm and the
+    skip counters of the updated state."""
+    return {
+        "loss": loss,
+        "mse": jnp.mean(terms["mse"]),
+        "vb": jnp.mean(terms["vb"]),
+        "grad_norm": optax.global_norm(grads),
+        "skipped": state.skipped,
+        "consecutive_skips": state.consecutive_skips,
+    }
