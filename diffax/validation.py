@@ -421,6 +421,7 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
         )
     if data.dataset == "image_folder" and not data.folder:
         raise ConfigError("data.dataset='image_folder' needs data.folder, the folder to read.")
+    _positive_int(data.get("cache_mib", 0), "data.cache_mib", allow_zero=True)
 
 
 def _validate_super_resolution(config: ml_collections.ConfigDict) -> None:

@@ -108,6 +108,32 @@ def test_start_batch_resumes_the_exact_stream_across_an_epoch_boundary(digits_co
         np.testing.assert_array_equal(want["label"], got["label"])
 
 
+def test_cached_examples_give_the_same_stream_and_are_decoded_once(digits_config, monkeypatch):
+    read = []
+    real_read = input_pipeline._TfdsSource.read
+
+    def counting_read(self, *args, **kwargs):
+        def count(example):
+            tick = tf.py_function(lambda: read.append(1) or 0, [], tf.int32)
+            with tf.control_dependencies([tick]):
+                return {k: tf.identity(v) for k, v in example.items()}
+
+        return real_read(self, *args, **kwargs).map(count)
+
+    monkeypatch.setattr(input_pipeline._TfdsSource, "read", counting_read)
+    uncached = ml_collections.ConfigDict(digits_config.to_dict())
+    uncached.cache_mib = 0
+    straight = _take(input_pipeline.create_train_iterator(uncached, 64, seed=0), 50)
+    assert len(read) >= 2 * 1437  # Two epochs and more, each decoded anew.
+    read.clear()
+    assert digits_config.cache_mib > 0  # The default caches the 92 KiB of digits.
+    cached = _take(input_pipeline.create_train_iterator(digits_config, 64, seed=0), 50)
+    assert len(read) <= 1437 + 64  # Only the first epoch (and a prefetch) is decoded.
+    for want, got in zip(straight, cached, strict=True):
+        np.testing.assert_array_equal(want["image"], got["image"])
+        np.testing.assert_array_equal(want["label"], got["label"])
+
+
 def test_resuming_reads_at_most_about_one_epoch(digits_config, monkeypatch):
     """Resume cost is bounded: 1000 batches of 64 are 44 epochs, yet only one is re-read."""
     read = []

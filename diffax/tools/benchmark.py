@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffax import build, evaluate, generate, models, sharding, train
+from diffax import build, cpu_devices, evaluate, generate, models, sharding, train
 from diffax.tools import flops
 
 # Dense (no structured sparsity) peak FLOP/s per device, by the device_kind substring JAX reports.
@@ -282,6 +282,7 @@ def define_flags() -> None:
 def main(argv) -> None:
     """Runs the benchmark on --config; prints the JSON record, then a one-line summary."""
     del argv
+    cpu_devices.configure(FLAGS.config)  # As `python -m diffax.main` does (CPU runs only).
     record = run(
         FLAGS.config,
         steps=FLAGS.steps,

@@ -507,10 +507,20 @@ def diffax_cpu_worker(spec: dict, launch_time: float) -> dict:
     import jax
     import jaxlib.version
 
-    from diffax import build, evaluate, input_pipeline, models, schedules, sharding, train
+    from diffax import (
+        build,
+        cpu_devices,
+        evaluate,
+        input_pipeline,
+        models,
+        schedules,
+        sharding,
+        train,
+    )
     from diffax.tools import benchmark, flops
 
     config = cpu_config(spec["data_dir"])
+    cpu_devices.configure(config)  # One device per pinned core, as `python -m diffax.main` does.
     batch_size = spec["training"]["batch_size"]
     trainer = train.Trainer(config)
     state = trainer.init()
@@ -541,6 +551,7 @@ def diffax_cpu_worker(spec: dict, launch_time: float) -> dict:
         "versions": {"jax": jax.__version__, "jaxlib": jaxlib.version.__version__},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "device_kind": jax.devices()[0].device_kind,
+        "num_devices": jax.device_count(),
     }
     shape = build.image_shape(config)
     record["train"]["flops_per_image"] = flops.train_flops_per_image(trainer.model, shape)
