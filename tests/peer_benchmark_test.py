@@ -61,6 +61,7 @@ def test_vlb_loss_becomes_use_kl():
 
 
 def test_training_settings_are_the_configs():
+    assert not peer_benchmark.cpu_config().training.ema_warmup  # update_ema's fixed rate.
     training = peer_benchmark.peer_training_kwargs(peer_benchmark.cpu_config())
     assert training == {
         "batch_size": 128,

@@ -57,6 +57,7 @@ def cpu_config(data_dir: str | None = None):
     config = digits.get_config()
     config.model.class_cond = False  # improved-diffusion has no null label to match.
     config.training.label_dropout = 0.0
+    config.training.ema_warmup = False  # improved-diffusion's update_ema has a fixed rate.
     config.eval.guidance_scale = 0.0
     if data_dir:
         config.data.data_dir = data_dir
