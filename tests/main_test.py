@@ -230,3 +230,50 @@ def test_latent_diffusion_trains_on_a_main_trained_autoencoder_and_decodes_sampl
     assert meta["count"] == 1437 and meta["fingerprint"]["autoencoder_version"] == "step 2"
     assert _log_has(workdir, "Cached 1437 encoded examples of train")
     assert scale > 0  # A missing autoencoder workdir: latents_test (one sentence, in-process).
+
+
+def test_text_conditioned_latent_model_trains_and_decodes_a_prompt(data_dir, tmp_path):
+    from conftest import make_autoencoder_workdir
+
+    autoencoder = str(tmp_path / "autoencoder")  # Untrained, f = 2: 8x8x4 latents of 16x16.
+    make_autoencoder_workdir(autoencoder, data_dir)
+    fields = (
+        f"--config.latent.autoencoder_workdir={autoencoder}",
+        "--config.model.ch=32",  # tiny_text.py's denoiser, on 8x8x4 latents.
+        "--config.model.channel_mult=(1,1)",
+        "--config.model.text_width=32",
+        "--config.model.text_depth=1",
+        "--config.model.text_heads=2",
+        "--config.diffusion.num_timesteps=40",
+        "--config.training.batch_size=16",
+        "--config.training.num_steps=2",
+        "--config.training.warmup_steps=1",
+        "--config.training.sample_every=0",
+        "--config.eval.batch_size=32",
+        "--config.eval.num_bpd_examples=8",
+        "--config.eval.num_samples=16",
+        "--config.eval.sample_steps=5",
+        "--config.eval.quality_metrics=False",
+    )
+    config = "configs/digits_latent_text.py"
+    workdir = str(tmp_path / "latent_text")
+    done = _run(workdir, data_dir, *fields, config=config, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(workdir, "eval_00000002.json")) as f:
+        results = json.load(f)
+    assert np.isfinite(results["test/latent_bpd"])
+    assert results["forward_passes_per_sample"] == 2 * results["sampler_nfe"]  # Guided.
+    assert "someone wrote a {word}" in results["prompts"]
+    sample = _run(
+        workdir,
+        data_dir,
+        *fields,
+        "--num_samples=2",
+        "--prompt=a handwritten three",
+        mode="sample",
+        config=config,
+        timeout=900,
+    )
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    levels = np.load(os.path.join(workdir, "samples_00000002_n2.npz"))["levels"]
+    assert levels.shape == (2, 16, 16, 1)  # Decoded to the autoencoder's images.
