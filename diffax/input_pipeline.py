@@ -312,8 +312,10 @@ def create_train_iterator(
 
     Yields {"image": float32 [batch_size, S, S, C] in [-1, 1], "label": int32 [batch_size]}, and
     with data.text_length > 0 "tokens": int32 [batch_size, text_length], each example's caption
-    (digits: written from its label); batch_size is per process. Fails here, not at the first
-    batch, if the data are missing.
+    (digits: written from its label), or with data.text_embeddings "context" float32
+    [batch_size, L, D] and "context_mask" bool [batch_size, L], each example's stored embedding
+    (diffax.text_embeddings); batch_size is per process. Fails here, not at the first batch, if
+    the data are missing.
     """
     process_index, process_count = _process(process_index, process_count)
     source = _open_source(data_config)
@@ -328,7 +330,10 @@ def create_train_iterator(
     file_seed, shuffle_seed, flip_seed = (
         int(s) for s in np.random.SeedSequence([seed, process_index]).generate_state(3) >> 1
     )
-    base = source.read(ranges, shuffle_files=True, seed=file_seed)
+    stored = bool(data_config.get("text_embeddings"))
+    # Stored embeddings are found by each example's position in the split: read in file order
+    # (tf.data's shuffle below still shuffles the examples).
+    base = source.read(ranges, shuffle_files=not stored, seed=file_seed)
     base = base.map(
         functools.partial(_to_levels, channels=source.channels, data_config=data_config),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -336,7 +341,11 @@ def create_train_iterator(
     epoch_size = int(base.cardinality())
     if epoch_size < 0:  # Unknown to tf.data: the ranges hold exactly the examples read.
         epoch_size = _count(ranges)
-    if data_config.get("text_length", 0):
+    contexts = None
+    if stored:
+        contexts = _stored_contexts(data_config, ranges, epoch_size)
+        base = base.enumerate().map(lambda position, example: {**example, "position": position})
+    elif data_config.get("text_length", 0):
         base = _with_caption_tokens(base, data_config, seed, epoch_size)
     flip = data_config.random_flip
 
@@ -373,7 +382,45 @@ def create_train_iterator(
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    return iter(tfds.as_numpy(ds))
+    if contexts is None:
+        return iter(tfds.as_numpy(ds))
+    return _with_stored_contexts(tfds.as_numpy(ds), *contexts)
+
+
+def _stored_contexts(
+    data_config: ml_collections.ConfigDict, ranges: Ranges, epoch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (embeddings [epoch_size, L, D], mask [epoch_size, L]) of this process's examples in
+    read order, from data.text_embeddings (diffax.text_embeddings); ValueError naming the file
+    if one is missing."""
+    from diffax import text_embeddings
+
+    tables, embeddings, masks = {}, [], []
+    for name, start, stop in ranges:
+        if name not in tables:
+            tables[name] = text_embeddings.load(data_config, name)
+        rows = tables[name].rows(np.arange(start, stop))
+        embeddings.append(tables[name].embeddings[rows])
+        masks.append(tables[name].mask[rows])
+    embeddings, masks = np.concatenate(embeddings), np.concatenate(masks)
+    if len(embeddings) != epoch_size:
+        raise ValueError(
+            f"data.text_embeddings: the split read {epoch_size} examples but its ranges hold "
+            f"{len(embeddings)}; the rows cannot be aligned."
+        )
+    return embeddings, masks
+
+
+def _with_stored_contexts(
+    batches: Iterator[dict[str, np.ndarray]], embeddings: np.ndarray, masks: np.ndarray
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields batches whose "position" became "context" float32 [b, L, D] and "context_mask"
+    bool [b, L]: the stored rows of those examples, looked up on the host."""
+    for batch in batches:
+        position = batch.pop("position")
+        batch["context"] = embeddings[position].astype(np.float32)
+        batch["context_mask"] = masks[position]
+        yield batch
 
 
 def create_eval_iterator(
