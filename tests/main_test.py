@@ -277,3 +277,47 @@ def test_text_conditioned_latent_model_trains_and_decodes_a_prompt(data_dir, tmp
     assert sample.returncode == 0, sample.stderr[-3000:]
     levels = np.load(os.path.join(workdir, "samples_00000002_n2.npz"))["levels"]
     assert levels.shape == (2, 16, 16, 1)  # Decoded to the autoencoder's images.
+
+
+def test_text_model_on_stored_embeddings_trains_evaluates_and_refuses_a_prompt(data_dir, tmp_path):
+    pattern = str(tmp_path / "emb" / "{split}.npz")
+    embed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffax.tools.embed_captions",
+            "--config=configs/tiny_text.py",
+            f"--config.data.data_dir={data_dir}",
+            f"--out={pattern}",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert embed.returncode == 0, embed.stderr[-3000:]
+    stored = [
+        f"--config.data.text_embeddings={pattern}",
+        "--config.eval.num_bpd_examples=8",
+        "--config.eval.quality_metrics=False",
+    ]
+    workdir = str(tmp_path / "run")
+    done = _run(workdir, data_dir, *stored, config="configs/tiny_text.py", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(workdir, "eval_00000004.json")) as f:
+        results = json.load(f)
+    assert np.isfinite(results["test/bpd"]) and "stored embeddings of test" in results["prompts"]
+    assert results["forward_passes_per_sample"] == 2 * results["sampler_nfe"]  # Guided.
+    params = _final_params(workdir)[1]
+    assert set(params) == {"denoiser"}  # No text encoder trained.
+    sample = _run(
+        workdir,
+        data_dir,
+        *stored,
+        "--prompt=a handwritten three",
+        mode="sample",
+        config="configs/tiny_text.py",
+    )
+    assert sample.returncode == 1
+    assert "cannot encode new text" in sample.stderr and "Traceback" not in sample.stderr

@@ -137,6 +137,6 @@ def test_training_on_the_npz_gives_the_loss_of_the_encoder_on_the_same_captions(
     losses = []
     pairs = zip(states, (text_state, stored_state), batches, strict=True)
     for (c, model, _), state, batch in pairs:
-        step = train.make_train_step(c, model, build.create_process(c))
+        step = jax.jit(train.make_train_step(c, model, build.create_process(c)))
         losses.append(float(step(state, jax.tree.map(jnp.asarray, batch))[1]["loss"]))
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
