@@ -272,11 +272,13 @@ class Generator:
 
             data = self.config.data
             table = text_embeddings.load(data, data.eval_split, self.model.width)
-            _, labels = input_pipeline.eval_split_examples(data)
+            # The index counts examples of the whole split, not of a slice of it.
+            name = text_embeddings.split_name(data.eval_split)
+            labels = input_pipeline.split_labels(data, name)
             if table.index[-1] >= len(labels):
                 raise ValueError(
                     f"data.text_embeddings: {table.path} indexes example {table.index[-1]}, but "
-                    f"{data.eval_split} has {len(labels)}."
+                    f"split {name!r} has {len(labels)}."
                 )
             self._stored_rows = (table.embeddings, table.mask, labels[table.index])
         return self._stored_rows

@@ -498,3 +498,10 @@ def eval_split_images(
 ) -> np.ndarray:
     """Returns float32 [n, H, W, C] in [-1, 1]: the first num_examples (-1: all) of eval_split."""
     return eval_split_examples(data_config, num_examples, batch_size)[0]
+
+
+def split_labels(data_config: ml_collections.ConfigDict, split: str) -> np.ndarray:
+    """Returns int32 [N]: the labels of split's examples in the split's order (every process
+    reads them all)."""
+    batches = create_eval_iterator(data_config, 256, split=split, process_index=0, process_count=1)
+    return np.concatenate([b["label"][b["mask"] > 0] for b in batches]).astype(np.int32)

@@ -34,19 +34,13 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random encoder weights.")
 _DTYPE = flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Stored dtype.")
 
 
-def split_labels(data_config: ml_collections.ConfigDict, split: str) -> np.ndarray:
-    """Returns int32 [N]: the labels of split's examples in the split's order."""
-    batches = input_pipeline.create_eval_iterator(
-        data_config, 256, split=split, process_index=0, process_count=1
-    )
-    return np.concatenate([b["label"][b["mask"] > 0] for b in batches]).astype(np.int32)
-
-
 def split_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
-    """Returns the caption of each example of split: training templates for data.train_split,
-    held-out ones otherwise, fixed by (config.seed, example index)."""
-    templates = "train" if split == config.data.train_split else "test"
-    return captions.captions(split_labels(config.data, split), config.seed, templates)
+    """Returns the caption of each example of the whole split (a base name: "train"): training
+    templates for data.train_split's, held-out ones otherwise, fixed by (config.seed, index)."""
+    templates = "train" if split == text_embeddings.split_name(config.data.train_split) else "test"
+    return captions.captions(
+        input_pipeline.split_labels(config.data, split), config.seed, templates
+    )
 
 
 def encoder_params(config: ml_collections.ConfigDict, workdir: str | None, seed: int):
@@ -88,7 +82,8 @@ def main(argv):
     if build.has_stored_embeddings(config) or not build.is_text_conditioned(config):
         raise app.UsageError("--config must be a text config with diffax's encoder.")
     encoder, params = encoder_params(config, _ENCODER_WORKDIR.value, _SEED.value)
-    for split in _SPLITS.value or [config.data.train_split, config.data.eval_split]:
+    splits = _SPLITS.value or [config.data.train_split, config.data.eval_split]
+    for split in dict.fromkeys(text_embeddings.split_name(s) for s in splits):  # Whole splits.
         arrays = embed(encoder, params, split_captions(config, split), config.data.text_length)
         path = text_embeddings.path_for(_OUT.value, split)
         write(path, arrays, _DTYPE.value)
