@@ -82,7 +82,7 @@ def context_model():
     )
     model = text_encoder.ContextConditioned(denoiser=unet, length=6, width=16)
     x, t = jnp.ones((3, 8, 8, 1)), jnp.array([1, 5, 9])
-    params = model.init(jax.random.key(0), x, t)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), x, t)["params"]
     # Cross-attention's output projection starts at zero; perturb it so the context matters.
     params = jax.tree.map(lambda p: p + 0.05 * jnp.sin(jnp.arange(p.size).reshape(p.shape)), params)
     return model, params, x, t
@@ -103,7 +103,9 @@ def test_masked_padding_is_ignored_and_an_all_masked_row_is_the_null_context(con
         model.apply({"params": params}, x, t, context=context[..., :8], context_mask=mask)
 
 
-def test_the_npz_batch_gives_the_training_loss_of_the_encoder_on_the_same_captions(data_dir, tmp_path):
+def test_the_npz_batch_gives_the_training_loss_of_the_encoder_on_the_same_captions(
+    data_dir, tmp_path
+):
     from configs import tiny_text
 
     config = tiny_text.get_config()
@@ -132,16 +134,19 @@ def test_the_npz_batch_gives_the_training_loss_of_the_encoder_on_the_same_captio
     params = {**params, "encoder": encoder_params}
     noise = jax.random.normal(jax.random.PRNGKey(1), x.shape)
     process = build.create_process(config)
-    fns = (
-        models.model_fn(text_model, params, tokens=jnp.asarray(batches[0]["tokens"])),
-        models.model_fn(
-            stored_model,
-            {"denoiser": params["denoiser"]},
-            context={k: jnp.asarray(batches[1][k]) for k in ("context", "context_mask")},
-        ),
-    )
-    losses = [
-        diffusion.training_losses(process, fn, x, t, noise, num_levels=config.data.num_levels)
-        for fn in fns
-    ]
-    chex.assert_trees_all_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    text_inputs = jnp.asarray(batches[0]["tokens"])
+    stored_inputs = {k: jnp.asarray(batches[1][k]) for k in ("context", "context_mask")}
+
+    @jax.jit
+    def losses(params, text_inputs, stored_inputs):
+        fns = (
+            models.model_fn(text_model, params, tokens=text_inputs),
+            models.model_fn(stored_model, {"denoiser": params["denoiser"]}, context=stored_inputs),
+        )
+        return [
+            diffusion.training_losses(process, fn, x, t, noise, num_levels=config.data.num_levels)
+            for fn in fns
+        ]
+
+    text_terms, stored_terms = losses(params, text_inputs, stored_inputs)
+    chex.assert_trees_all_close(text_terms, stored_terms, rtol=1e-5, atol=1e-6)
