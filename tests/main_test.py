@@ -268,15 +268,16 @@ def test_text_conditioned_latent_model_trains_and_decodes_a_prompt(data_dir, tmp
         workdir,
         data_dir,
         *fields,
-        "--num_samples=2",
+        "--num_samples=16",  # The eval's batch shape, without the chain: its compiled sampler.
+        "--config.eval.chain_frames=0",
         "--prompt=a handwritten three",
         mode="sample",
         config=config,
         timeout=900,
     )
     assert sample.returncode == 0, sample.stderr[-3000:]
-    levels = np.load(os.path.join(workdir, "samples_00000002_n2.npz"))["levels"]
-    assert levels.shape == (2, 16, 16, 1)  # Decoded to the autoencoder's images.
+    levels = np.load(os.path.join(workdir, "samples_00000002_n16.npz"))["levels"]
+    assert levels.shape == (16, 16, 16, 1)  # Decoded to the autoencoder's images.
 
 
 def test_text_model_on_stored_embeddings_trains_evaluates_and_refuses_a_prompt(data_dir, tmp_path):

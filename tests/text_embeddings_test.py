@@ -103,9 +103,7 @@ def test_masked_padding_is_ignored_and_an_all_masked_row_is_the_null_context(con
         model.apply({"params": params}, x, t, context=context[..., :8], context_mask=mask)
 
 
-def test_the_npz_batch_gives_the_training_loss_of_the_encoder_on_the_same_captions(
-    data_dir, tmp_path
-):
+def test_npz_batch_gives_the_training_loss_of_the_encoder_on_the_same_captions(data_dir, tmp_path):
     from configs import tiny_text
 
     config = tiny_text.get_config()
