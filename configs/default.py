@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Byte tokens per caption (BOS + UTF-8 bytes + padding); 0: no captions. Digits: captions
     # written from the labels (diffax.datasets.captions).
     data.text_length = 0
+    # Text embeddings computed outside diffax (CLIP, T5, ...), one .npz per split: a path with
+    # "{split}" (diffax.text_embeddings documents the arrays); "" encodes captions in diffax.
+    data.text_embeddings = ""
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet"  # The backbone, a key of diffax.build.MODELS.
@@ -62,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     # the U-Net's attention blocks become LDM's SpatialTransformer (Rombach et al. 2022, sec. 3.3),
     # DiT blocks gain a cross-attention layer (PixArt-alpha, Chen et al. 2023, sec. 2.3).
     model.text_cond = False  # Conditions on captions (needs data.text_length > 0).
-    model.text_width = 128  # Text encoder: token width D of the context.
+    model.text_width = 128  # Token width D of the context (data.text_embeddings: the stored one).
     model.text_depth = 2  # Text encoder: transformer blocks.
     model.text_heads = 4  # Text encoder: attention heads (divides text_width).
     # DiT (model.name = "dit"; Peebles & Xie 2023) also reads num_heads, class_cond, dtype, remat.

@@ -210,6 +210,12 @@ def is_text_conditioned(config: ml_collections.ConfigDict) -> bool:
     return bool(config.model.get("text_cond", False))
 
 
+def has_stored_embeddings(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether the text context comes from files beside the data (data.text_embeddings:
+    diffax.text_embeddings), not from diffax's own encoder."""
+    return bool(config.data.get("text_embeddings"))
+
+
 def _text_encoder(config: ml_collections.ConfigDict) -> text_encoder.TextEncoder:
     """Translates config.model.text_* into the byte-level text encoder's hyperparameters."""
     m = config.model
@@ -224,10 +230,15 @@ def _text_encoder(config: ml_collections.ConfigDict) -> text_encoder.TextEncoder
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
     """Returns the backbone named by config.model.name, with 2C outputs for a learned variance;
-    with model.text_cond, wrapped with a text encoder whose output it cross-attends to."""
+    with model.text_cond, wrapped with a text encoder whose output it cross-attends to, or with
+    data.text_embeddings, wrapped to take the stored embeddings as its context."""
     learn_sigma = config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
     out_channels = config.data.num_channels * (2 if learn_sigma else 1)
     backbone = MODELS[config.model.name](config, out_channels)
+    if is_text_conditioned(config) and has_stored_embeddings(config):
+        return text_encoder.ContextConditioned(
+            denoiser=backbone, length=config.data.text_length, width=config.model.text_width
+        )
     if is_text_conditioned(config):
         return text_encoder.TextConditioned(denoiser=backbone, encoder=_text_encoder(config))
     return backbone

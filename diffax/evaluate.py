@@ -576,7 +576,9 @@ def evaluate_params(
                 config,
                 samples,
                 # Text: the digit each held-out prompt names is the label to recognise.
-                labels if build.num_classes(config) or image_task or generator.text else None,
+                labels
+                if build.num_classes(config) or image_task or generator.text or generator.stored
+                else None,
                 workdir,
                 functools.partial(
                     input_pipeline.eval_split_images,
@@ -594,6 +596,11 @@ def evaluate_params(
     results["guidance_scale"] = config.eval.guidance_scale
     if generator.text:
         results["prompts"] = "held-out templates: " + " | ".join(captions.HELDOUT_TEMPLATES)
+    if generator.stored:
+        from diffax import text_embeddings
+
+        path = text_embeddings.path_for(config.data.text_embeddings, config.data.eval_split)
+        results["prompts"] = f"stored embeddings of {config.data.eval_split}: {path}"
     scalars = {k: v for k, v in results.items() if k.startswith(("test/", "samples/"))}
     _check_finite(scalars, step)
     summaries.write_scalars(writer, step, scalars)
@@ -643,6 +650,12 @@ def check_prompt(config: ml_collections.ConfigDict, prompt: str | None) -> None:
         raise ValueError(
             "--prompt needs a text-conditioned model (model.text_cond=True, e.g. "
             "configs/digits_text.py); this config has none."
+        )
+    if build.has_stored_embeddings(config):
+        raise ValueError(
+            "--prompt: this model conditions on text embeddings stored beside the data "
+            "(data.text_embeddings) and cannot encode new text; sample without --prompt to draw "
+            "from the eval split's stored embeddings."
         )
     text_encoder.tokenize([prompt], config.data.text_length)
 

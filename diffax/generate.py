@@ -4,7 +4,9 @@
 batches of eval.batch_size (or fewer when fewer are wanted). Class-conditional models get labels
 0, 1, ..., K-1, 0, 1, ... (one grid column per class) and classifier-free guidance when
 eval.guidance_scale > 0. Text-conditioned models get, for the same labels, captions by the held-out
-templates of diffax.datasets.captions (or one given prompt), guided against the empty caption.
+templates of diffax.datasets.captions (or one given prompt), guided against the empty caption;
+models on stored embeddings (data.text_embeddings) take the eval split's, in example order, guided
+against the null context (zero embeddings, every key masked).
 """
 
 import functools
@@ -82,6 +84,15 @@ class Generator:
         self.model = model
         self.num_classes = getattr(model, "num_classes", 0)
         self.text = text_encoder.is_text_conditioned(model)
+        # Stored embeddings (data.text_embeddings): samples take the eval split's, in order.
+        self.stored = text_encoder.is_context_conditioned(model)
+        self._stored_rows = None  # (embeddings [N, L, D], mask [N, L], labels [N]), on first use.
+        if prompt is not None and self.stored:
+            raise ValueError(
+                "--prompt: this model conditions on text embeddings stored beside the data "
+                "(data.text_embeddings) and cannot encode new text; sample without --prompt "
+                "to draw from the eval split's stored embeddings."
+            )
         if prompt is not None and not self.text:
             raise ValueError(
                 "--prompt needs a text-conditioned model (model.text_cond=True, e.g. "
@@ -131,13 +142,14 @@ class Generator:
         conditioning=None,
         return_every=0,
         tokens: jax.Array | None = None,
+        context: dict[str, jax.Array] | None = None,
     ):
         """Returns one batch of samples in [-1, 1]: [B, H, W, C]; with return_every = k > 0 also
         the chain, every k-th step's x [steps // k, B, H, W, C] from the same scan.
 
         conditioning: the backbone's further inputs for this batch (image conditioning: concat
         [B, H, W, C'], aug_level [B]) or None; tokens [B, L]: the captions of a text-conditioned
-        model."""
+        model; context {"context": [B, L, D], "context_mask": [B, L]}: stored embeddings."""
         ev, model = self.config.eval, self.model
         grid = self.grid
         if self.continuous:
@@ -149,7 +161,16 @@ class Generator:
                 gamma_range=self.process.gamma_range,
             )
             params = self.process.model_params(params)
-        if self.text and ev.guidance_scale:
+        if self.stored and ev.guidance_scale:
+            conditional = lambda x, t, c: models.model_fn(model, params, context=c)(x, t)
+            null = text_encoder.null_context(1, model.length, model.width)
+            model_fn = sampling.classifier_free_guidance(
+                conditional,
+                context,
+                null_label=jax.tree.map(lambda a: a[0], null),  # Zeros, every key masked.
+                guidance_scale=ev.guidance_scale,
+            )
+        elif self.text and ev.guidance_scale:
             conditional = lambda x, t, c: models.model_fn(model, params, tokens=c)(x, t)
             model_fn = sampling.classifier_free_guidance(
                 conditional,
@@ -168,7 +189,7 @@ class Generator:
             )
         else:
             model_fn = models.model_fn(
-                model, params, labels, tokens=tokens, conditioning=conditioning
+                model, params, labels, tokens=tokens, context=context, conditioning=conditioning
             )
         guidance_fn, scale = None, 0.0
         if self.classifier_model is not None and ev.classifier_scale:
@@ -229,7 +250,7 @@ class Generator:
     def forward_passes_per_sample(self) -> int:
         """Returns network evaluations per image: model calls, x2 with classifier-free guidance."""
         calls = self.nfe if self.nfe is not None else self.num_steps
-        guided = (self.num_classes or self.text) and self.config.eval.guidance_scale
+        guided = (self.num_classes or self.text or self.stored) and self.config.eval.guidance_scale
         calls *= 2 if guided else 1
         # A classifier gradient costs about a forward and a backward of the (smaller) classifier.
         return calls
@@ -238,7 +259,29 @@ class Generator:
         """Returns the class each of num_samples samples is drawn for (None: a free prompt)."""
         if self.prompt is not None:
             return None
+        if self.stored:  # The labels of the eval examples whose embeddings the samples take.
+            labels = self.stored_rows()[2]
+            return labels[np.arange(num_samples) % len(labels)]
         return sample_labels(num_samples, self.label_classes)
+
+    def stored_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns the eval split's stored (embeddings [N, L, D], mask [N, L], labels [N]) in
+        example order: sample i takes row i mod N."""
+        if self._stored_rows is None:
+            from diffax import input_pipeline, text_embeddings
+
+            data = self.config.data
+            table = text_embeddings.load(data, data.eval_split, self.model.width)
+            # The index counts examples of the whole split, not of a slice of it.
+            name = text_embeddings.split_name(data.eval_split)
+            labels = input_pipeline.split_labels(data, name)
+            if table.index[-1] >= len(labels):
+                raise ValueError(
+                    f"data.text_embeddings: {table.path} indexes example {table.index[-1]}, but "
+                    f"split {name!r} has {len(labels)}."
+                )
+            self._stored_rows = (table.embeddings, table.mask, labels[table.index])
+        return self._stored_rows
 
     def prompts(self, num_samples: int) -> list[str] | None:
         """Returns the caption of each sample of a text-conditioned model (else None): the given
@@ -306,6 +349,16 @@ class Generator:
                     )
                     for k, v in conditioning.items()
                 }
+            context = None
+            if self.stored:
+                embeddings, mask, _ = self.stored_rows()
+                rows = (i + np.arange(self.batch_size)) % len(mask)  # Padding rows repeat.
+                context = {
+                    "context": jax.device_put(
+                        embeddings[rows].astype(np.float32), sharding.batch_sharding(self.mesh)
+                    ),
+                    "context_mask": jax.device_put(mask[rows], sharding.batch_sharding(self.mesh)),
+                }
             tokens = None
             if all_tokens is not None:
                 rows = all_tokens[i : i + self.batch_size]
@@ -318,14 +371,26 @@ class Generator:
                         functools.partial(self._sample_batch, return_every=every)
                     )
                 batch, steps = self._chains[every](
-                    params, key, global_labels, self.classifier_params, cond, tokens=tokens
+                    params,
+                    key,
+                    global_labels,
+                    self.classifier_params,
+                    cond,
+                    tokens=tokens,
+                    context=context,
                 )
                 images = sharding.to_host(batch)
                 chain = np.concatenate([sharding.to_host(steps), images[None]])[:, : len(chunk)]
             else:
                 images = sharding.to_host(
                     self._sample(
-                        params, key, global_labels, self.classifier_params, cond, tokens=tokens
+                        params,
+                        key,
+                        global_labels,
+                        self.classifier_params,
+                        cond,
+                        tokens=tokens,
+                        context=context,
                     )
                 )
             batches.append(images[: len(chunk)])

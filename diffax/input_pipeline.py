@@ -320,8 +320,10 @@ def create_train_iterator(
 
     Yields {"image": float32 [batch_size, S, S, C] in [-1, 1], "label": int32 [batch_size]}, and
     with data.text_length > 0 "tokens": int32 [batch_size, text_length], each example's caption
-    (digits: written from its label); batch_size is per process. Fails here, not at the first
-    batch, if the data are missing.
+    (digits: written from its label), or with data.text_embeddings "context" float32
+    [batch_size, L, D] and "context_mask" bool [batch_size, L], each example's stored embedding
+    (diffax.text_embeddings); batch_size is per process. Fails here, not at the first batch, if
+    the data are missing.
     """
     process_index, process_count = _process(process_index, process_count)
     source = _open_source(data_config)
@@ -336,7 +338,10 @@ def create_train_iterator(
     file_seed, shuffle_seed, flip_seed = (
         int(s) for s in np.random.SeedSequence([seed, process_index]).generate_state(3) >> 1
     )
-    base = source.read(ranges, shuffle_files=True, seed=file_seed)
+    stored = bool(data_config.get("text_embeddings"))
+    # Stored embeddings are found by each example's position in the split: read in file order
+    # (tf.data's shuffle below still shuffles the examples).
+    base = source.read(ranges, shuffle_files=not stored, seed=file_seed)
     base = base.map(
         functools.partial(_to_levels, channels=source.channels, data_config=data_config),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -348,7 +353,11 @@ def create_train_iterator(
         # Later epochs replay the first one's decoded examples in the same order: the same stream,
         # without decoding every image again (18.7 ms of host CPU per digits batch of 128).
         base = base.cache()
-    if data_config.get("text_length", 0):
+    contexts = None
+    if stored:
+        contexts = _stored_contexts(data_config, ranges, epoch_size)
+        base = base.enumerate().map(lambda position, example: {**example, "position": position})
+    elif data_config.get("text_length", 0):
         base = _with_caption_tokens(base, data_config, seed, epoch_size)
     flip = data_config.random_flip
 
@@ -385,7 +394,45 @@ def create_train_iterator(
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    return iter(tfds.as_numpy(ds))
+    if contexts is None:
+        return iter(tfds.as_numpy(ds))
+    return _with_stored_contexts(tfds.as_numpy(ds), *contexts)
+
+
+def _stored_contexts(
+    data_config: ml_collections.ConfigDict, ranges: Ranges, epoch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (embeddings [epoch_size, L, D], mask [epoch_size, L]) of this process's examples in
+    read order, from data.text_embeddings (diffax.text_embeddings); ValueError naming the file
+    if one is missing."""
+    from diffax import text_embeddings
+
+    tables, embeddings, masks = {}, [], []
+    for name, start, stop in ranges:
+        if name not in tables:
+            tables[name] = text_embeddings.load(data_config, name)
+        rows = tables[name].rows(np.arange(start, stop))
+        embeddings.append(tables[name].embeddings[rows])
+        masks.append(tables[name].mask[rows])
+    embeddings, masks = np.concatenate(embeddings), np.concatenate(masks)
+    if len(embeddings) != epoch_size:
+        raise ValueError(
+            f"data.text_embeddings: the split read {epoch_size} examples but its ranges hold "
+            f"{len(embeddings)}; the rows cannot be aligned."
+        )
+    return embeddings, masks
+
+
+def _with_stored_contexts(
+    batches: Iterator[dict[str, np.ndarray]], embeddings: np.ndarray, masks: np.ndarray
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields batches whose "position" became "context" float32 [b, L, D] and "context_mask"
+    bool [b, L]: the stored rows of those examples, looked up on the host."""
+    for batch in batches:
+        position = batch.pop("position")
+        batch["context"] = embeddings[position].astype(np.float32)
+        batch["context_mask"] = masks[position]
+        yield batch
 
 
 def create_eval_iterator(
@@ -463,3 +510,10 @@ def eval_split_images(
 ) -> np.ndarray:
     """Returns float32 [n, H, W, C] in [-1, 1]: the first num_examples (-1: all) of eval_split."""
     return eval_split_examples(data_config, num_examples, batch_size)[0]
+
+
+def split_labels(data_config: ml_collections.ConfigDict, split: str) -> np.ndarray:
+    """Returns int32 [N]: the labels of split's examples in the split's order (every process
+    reads them all)."""
+    batches = create_eval_iterator(data_config, 256, split=split, process_index=0, process_count=1)
+    return np.concatenate([b["label"][b["mask"] > 0] for b in batches]).astype(np.int32)

@@ -27,7 +27,9 @@ import numpy as np
 from absl import logging
 
 from diffax import input_pipeline, sharding
+from diffax.datasets import captions
 from diffax.latents import LatentSpace
+from diffax.models import text_encoder
 
 FORMAT = 1  # Bumped when the files change; part of the fingerprint.
 _ARRAYS = ("mean", "logvar", "label")
@@ -193,12 +195,15 @@ def train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     start_batch: int = 0,
+    text_length: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields endless {"image": float32 [b, h, w, z] = scale * (mean + std eps), "label": [b]}.
 
     Shuffled per epoch; b = batch_size per process, each process reading every
     process_count-th cached row. The stream is a fixed function of (seed, process): batch k is
-    the same whether or not the run was resumed at start_batch.
+    the same whether or not the run was resumed at start_batch. With text_length > 0 also
+    "tokens" int32 [b, text_length]: cached row r's caption by the training template fixed by
+    (seed, r) (diffax.datasets.captions), as the pixel pipeline writes them.
     """
     index = jax.process_index() if process_index is None else process_index
     processes = jax.process_count() if process_count is None else process_count
@@ -206,6 +211,7 @@ def train_iterator(
     if len(rows) == 0:
         raise ValueError(f"Process {index} has no cached latents in {cached.path}.")
     orders: dict[int, np.ndarray] = {}
+    caption_tokens = _caption_tokens(cached, seed, text_length) if text_length else None
 
     def order(epoch: int) -> np.ndarray:
         if epoch not in orders:
@@ -227,8 +233,22 @@ def train_iterator(
             mean.shape, np.float32
         )
         z = (mean + np.exp(0.5 * logvar) * eps) * scale
-        yield {"image": z.astype(np.float32), "label": np.asarray(cached.label[chosen], np.int32)}
+        out = {"image": z.astype(np.float32), "label": np.asarray(cached.label[chosen], np.int32)}
+        if caption_tokens is not None:
+            out["tokens"] = caption_tokens[chosen]
+        yield out
         batch += 1
+
+
+def _caption_tokens(cached: CachedSplit, seed: int, text_length: int) -> np.ndarray:
+    """Returns int32 [N, text_length]: each cached row's caption (its label by the training
+    template fixed by (seed, row)) as byte tokens."""
+    table = text_encoder.tokenize(
+        [c for row in captions.caption_table("train") for c in row], text_length
+    )  # [templates * 10, L]
+    chosen = captions.template_indices(seed, cached.count, "train")  # [N]
+    labels = np.asarray(cached.label[: cached.count], np.int32)
+    return table[chosen * len(captions.DIGIT_WORDS) + labels]
 
 
 def eval_iterator(

@@ -47,7 +47,8 @@ def train_step(
     conditioning_fn: Callable[[jax.Array, jax.Array], dict] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a global batch {"image": [B, H, W, C], "label": [B]} (and "tokens"
-    [B, L] for a text-conditioned model); pure.
+    [B, L] for a text-conditioned model, or "context" [B, L, D] and "context_mask" [B, L] for one
+    on stored embeddings); pure.
 
     label_dropout is the chance a label becomes the null class, or a caption the empty one;
     conditioning_fn(images, key) makes the backbone's further inputs from the batch (see
@@ -79,22 +80,43 @@ def train_step(
         tokens = jnp.where(drop[:, None], null, tokens)
     else:
         tokens = None
+    context = None
+    if text_encoder.is_context_conditioned(model):
+        if "context" not in batch:
+            raise ValueError(
+                "A model on stored embeddings needs batch['context'] and batch['context_mask'] "
+                "(data.text_embeddings)."
+            )
+        # Caption dropout to the null context: zero embeddings, every key masked (the same
+        # draw as the tokens' above).
+        drop = jax.random.uniform(jax.random.fold_in(label_key, 1), labels.shape) < label_dropout
+        context = {
+            "context": jnp.where(drop[:, None, None], 0.0, batch["context"]),
+            "context_mask": jnp.where(drop[:, None], False, batch["context_mask"]),
+        }
     # Its own key (not a fifth split above), so models without it draw exactly as before.
     cond = {}
     if conditioning_fn is not None:
         cond = conditioning_fn(images, jax.random.fold_in(key, 1))
 
     def loss_fn(params, micro):
-        x0, t_micro, noise_micro, y, w, tok, c, rng = micro
+        x0, t_micro, noise_micro, y, w, tok, ctx, c, rng = micro
         model_fn = models.model_fn(
-            model, params, y, train=True, dropout_rng=rng, tokens=tok, conditioning=c or None
+            model,
+            params,
+            y,
+            train=True,
+            dropout_rng=rng,
+            tokens=tok,
+            context=ctx,
+            conditioning=c or None,
         )
         terms = diffusion.training_losses(
             process, model_fn, x0, t_micro, noise_micro, num_levels=num_levels
         )
         return jnp.mean(terms["loss"] * w), terms
 
-    micro = (images, t, noise, labels, weights, tokens, cond)
+    micro = (images, t, noise, labels, weights, tokens, context, cond)
     if grad_accum_steps == 1:
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, (*micro, dropout_key)
@@ -201,27 +223,20 @@ class Trainer:
 
     def abstract_batch(self, global_batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         """Returns the shape of a global training batch, for compiling ahead of the data."""
-        return {
-            "image": jax.ShapeDtypeStruct(
-                (global_batch_size, *build.image_shape(self.config)),
-                jnp.float32,
-                sharding=self.batch_sharding,
-            ),
-            "label": jax.ShapeDtypeStruct(
-                (global_batch_size,), jnp.int32, sharding=self.batch_sharding
-            ),
-            **(
-                {
-                    "tokens": jax.ShapeDtypeStruct(
-                        (global_batch_size, self.config.data.text_length),
-                        jnp.int32,
-                        sharding=self.batch_sharding,
-                    )
-                }
-                if self.config.data.get("text_length", 0)
-                else {}
-            ),
+        spec = lambda shape, dtype: jax.ShapeDtypeStruct(  # noqa: E731
+            (global_batch_size, *shape), dtype, sharding=self.batch_sharding
+        )
+        batch = {
+            "image": spec(build.image_shape(self.config), jnp.float32),
+            "label": spec((), jnp.int32),
         }
+        length = self.config.data.get("text_length", 0)
+        if build.has_stored_embeddings(self.config):
+            batch["context"] = spec((length, self.config.model.text_width), jnp.float32)
+            batch["context_mask"] = spec((length,), jnp.bool_)
+        elif length:
+            batch["tokens"] = spec((length,), jnp.int32)
+        return batch
 
     def compile(self, global_batch_size: int) -> Callable:
         """Lowers and compiles the train step on abstract inputs; shape errors show here."""
@@ -346,7 +361,12 @@ def _train_loop(config, workdir, trainer, manager, guard):
             flip=config.data.random_flip,
         )
         train_iter = latent_cache.train_iterator(
-            cached, local_batch, trainer.latent.scale, seed=config.seed, start_batch=start_step
+            cached,
+            local_batch,
+            trainer.latent.scale,
+            seed=config.seed,
+            start_batch=start_step,
+            text_length=config.data.get("text_length", 0),
         )
     step_fn = trainer.compile(training.batch_size)
     distributed.barrier("diffax_train_step_compiled")

@@ -190,6 +190,11 @@ def _validate_text(config: ml_collections.ConfigDict) -> None:
                 f"data.text_length={length} writes captions that no model reads: set "
                 "model.text_cond=True, or data.text_length=0."
             )
+        if data.get("text_embeddings"):
+            raise ConfigError(
+                f"data.text_embeddings={data.text_embeddings!r} is set but model.text_cond=False: "
+                "set model.text_cond=True to condition on them, or data.text_embeddings=''."
+            )
         return
     _choice(m.name, "model.name (with model.text_cond=True)", build.TEXT_BACKBONES)
     if m.class_cond:
@@ -201,6 +206,10 @@ def _validate_text(config: ml_collections.ConfigDict) -> None:
             f"model.text_cond=True trains with diffusion.kind='discrete' only, got "
             f"{config.diffusion.kind!r}."
         )
+    _positive_int(m.text_width, "model.text_width")
+    if build.has_stored_embeddings(config):
+        _validate_stored_embeddings(config)
+        return
     if data.dataset != "digits" or data.num_classes != len(captions.DIGIT_WORDS):
         raise ConfigError(
             f"model.text_cond=True needs captions: only data.dataset='digits' with "
@@ -219,6 +228,37 @@ def _validate_text(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"model.text_heads={m.text_heads} must divide model.text_width={m.text_width}."
         )
+
+
+def _validate_stored_embeddings(config: ml_collections.ConfigDict) -> None:
+    """Checks data.text_embeddings: the pattern, what it combines with, and the files' headers."""
+    from diffax import text_embeddings
+
+    data = config.data
+    pattern = data.text_embeddings
+    if not isinstance(pattern, str) or "{split}" not in pattern:
+        raise ConfigError(
+            f"data.text_embeddings={pattern!r} must be a path holding {{split}}, e.g. "
+            "'/data/emb/{split}.npz' (one .npz per split)."
+        )
+    if data.text_length < 1:
+        raise ConfigError(
+            "data.text_embeddings needs data.text_length set to the files' token count L."
+        )
+    if build.is_latent(config):
+        raise ConfigError(
+            "data.text_embeddings with latent.autoencoder (stored embeddings on latents) is not "
+            "built yet; use diffax's text encoder there (data.text_embeddings='')."
+        )
+    if data.get("skip_bad_images"):
+        raise ConfigError(
+            "data.text_embeddings with data.skip_bad_images=True: a skipped image would shift "
+            "every later example off its embedding row; set data.skip_bad_images=False."
+        )
+    try:
+        text_embeddings.check(config)
+    except (ValueError, OSError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def _validate_continuous(config: ml_collections.ConfigDict) -> None:

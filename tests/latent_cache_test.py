@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from diffax import input_pipeline, latent_cache, latents, sharding
+from diffax.datasets import captions
+from diffax.models import text_encoder
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +113,20 @@ def test_train_batches_of_two_processes_split_the_rows():
         stream = latent_cache.train_iterator(cached, 5, 1.0, 0, process, 2)
         seen.append(np.concatenate([next(stream)["label"] for _ in range(2)]))
     assert sorted(np.concatenate(seen)) == list(range(20))
+
+
+def test_text_batches_caption_each_row_by_its_label_and_training_template():
+    count = 30
+    rows = np.arange(count, dtype=np.float32)
+    cached = latent_cache.CachedSplit(
+        mean=np.broadcast_to(rows[:, None, None, None], (count, 2, 2, 3)).copy(),
+        logvar=np.full((count, 2, 2, 3), -60.0, np.float32),  # z = the row, to read it back.
+        label=(np.arange(count) % 10).astype(np.int32),
+        count=count,
+        path="synthetic",
+    )
+    batch = next(latent_cache.train_iterator(cached, 8, 1.0, seed=3, text_length=32))
+    chosen = np.rint(batch["image"][:, 0, 0, 0]).astype(int)
+    expected = captions.captions(cached.label, 3, "train")  # Row r's caption, fixed by (3, r).
+    assert text_encoder.detokenize(batch["tokens"]) == [expected[r] for r in chosen]
+    assert batch["tokens"].shape == (8, 32) and batch["tokens"].dtype == np.int32

@@ -230,3 +230,95 @@ def test_latent_diffusion_trains_on_a_main_trained_autoencoder_and_decodes_sampl
     assert meta["count"] == 1437 and meta["fingerprint"]["autoencoder_version"] == "step 2"
     assert _log_has(workdir, "Cached 1437 encoded examples of train")
     assert scale > 0  # A missing autoencoder workdir: latents_test (one sentence, in-process).
+
+
+def test_text_conditioned_latent_model_trains_and_decodes_a_prompt(data_dir, tmp_path):
+    from conftest import make_autoencoder_workdir
+
+    autoencoder = str(tmp_path / "autoencoder")  # Untrained, f = 2: 8x8x4 latents of 16x16.
+    make_autoencoder_workdir(autoencoder, data_dir)
+    fields = (
+        f"--config.latent.autoencoder_workdir={autoencoder}",
+        "--config.model.ch=32",  # tiny_text.py's denoiser, on 8x8x4 latents.
+        "--config.model.channel_mult=(1,1)",
+        "--config.model.text_width=32",
+        "--config.model.text_depth=1",
+        "--config.model.text_heads=2",
+        "--config.diffusion.num_timesteps=40",
+        "--config.training.batch_size=16",
+        "--config.training.num_steps=2",
+        "--config.training.warmup_steps=1",
+        "--config.training.sample_every=0",
+        "--config.eval.batch_size=32",
+        "--config.eval.num_bpd_examples=8",
+        "--config.eval.num_samples=16",
+        "--config.eval.sample_steps=5",
+        "--config.eval.quality_metrics=False",
+    )
+    config = "configs/digits_latent_text.py"
+    workdir = str(tmp_path / "latent_text")
+    done = _run(workdir, data_dir, *fields, config=config, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(workdir, "eval_00000002.json")) as f:
+        results = json.load(f)
+    assert np.isfinite(results["test/latent_bpd"])
+    assert results["forward_passes_per_sample"] == 2 * results["sampler_nfe"]  # Guided.
+    assert "someone wrote a {word}" in results["prompts"]
+    sample = _run(
+        workdir,
+        data_dir,
+        *fields,
+        "--num_samples=16",  # The eval's batch shape, without the chain: its compiled sampler.
+        "--config.eval.chain_frames=0",
+        "--prompt=a handwritten three",
+        mode="sample",
+        config=config,
+        timeout=900,
+    )
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    levels = np.load(os.path.join(workdir, "samples_00000002_n16.npz"))["levels"]
+    assert levels.shape == (16, 16, 16, 1)  # Decoded to the autoencoder's images.
+
+
+def test_text_model_on_stored_embeddings_trains_evaluates_and_refuses_a_prompt(data_dir, tmp_path):
+    pattern = str(tmp_path / "emb" / "{split}.npz")
+    embed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffax.tools.embed_captions",
+            "--config=configs/tiny_text.py",
+            f"--config.data.data_dir={data_dir}",
+            f"--out={pattern}",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert embed.returncode == 0, embed.stderr[-3000:]
+    stored = [
+        f"--config.data.text_embeddings={pattern}",
+        "--config.eval.num_bpd_examples=8",
+        "--config.eval.quality_metrics=False",
+    ]
+    workdir = str(tmp_path / "run")
+    done = _run(workdir, data_dir, *stored, config="configs/tiny_text.py", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(workdir, "eval_00000004.json")) as f:
+        results = json.load(f)
+    assert np.isfinite(results["test/bpd"]) and "stored embeddings of test" in results["prompts"]
+    assert results["forward_passes_per_sample"] == 2 * results["sampler_nfe"]  # Guided.
+    params = _final_params(workdir)[1]
+    assert set(params) == {"denoiser"}  # No text encoder trained.
+    sample = _run(
+        workdir,
+        data_dir,
+        *stored,
+        "--prompt=a handwritten three",
+        mode="sample",
+        config="configs/tiny_text.py",
+    )
+    assert sample.returncode == 1
+    assert "cannot encode new text" in sample.stderr and "Traceback" not in sample.stderr

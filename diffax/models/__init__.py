@@ -4,7 +4,8 @@ A backbone is a flax module called as `model.apply({"params": params}, x, t, y, 
 `x` [B, H, W, C], `t` [B] timesteps and `y` [B] labels or None; `diffax.build.MODELS` maps
 `config.model.name` to the function that builds it from a config. A text-conditioned model
 (`text_encoder.TextConditioned`) also takes `tokens=` [B, L], the captions as byte tokens; the
-backbones themselves take the encoded context as `context=`, `context_mask=`.
+backbones themselves, and `text_encoder.ContextConditioned` (embeddings stored with the data),
+take the encoded context as `context=`, `context_mask=`.
 """
 
 import math
@@ -30,12 +31,14 @@ def model_fn(
     dropout_rng: jax.Array | None = None,
     conditioning: dict[str, jax.Array] | None = None,
     tokens: jax.Array | None = None,
+    context: dict[str, jax.Array] | None = None,
 ) -> ModelFn:
     """Returns `fn(x_t, timesteps) -> output` of the model with fixed params, labels [B] and
-    caption tokens [B, L].
+    caption tokens [B, L] or precomputed context {"context": [B, L, D], "context_mask": [B, L]}.
 
     labels are passed only to a class-conditional model (model.num_classes > 0); tokens only to
-    a text-conditioned one, which reads None as the empty caption (the null context);
+    a text-conditioned one, which reads None as the empty caption (the null context); context
+    only to a `text_encoder.ContextConditioned` one (None: zero embeddings, all masked);
     conditioning holds further keyword inputs of the backbone (concat, aug_level: image
     conditioning); train=True
     enables dropout, drawn from dropout_rng.
@@ -47,6 +50,10 @@ def model_fn(
         extra["tokens"] = tokens
     elif tokens is not None:
         raise ValueError("Caption tokens were given to a model without text conditioning.")
+    if text_encoder.is_context_conditioned(model):
+        extra.update(context or {})
+    elif context is not None:
+        raise ValueError("A text context was given to a model without precomputed embeddings.")
 
     def fn(x_t: jax.Array, timesteps: jax.Array) -> jax.Array:
         return model.apply({"params": params}, x_t, timesteps, y, train=train, rngs=rngs, **extra)

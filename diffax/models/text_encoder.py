@@ -1,4 +1,5 @@
-"""A small byte-level text encoder, and the wrapper that conditions a backbone on its output.
+"""A small byte-level text encoder, and the wrappers that condition a backbone on text: on this
+encoder's output (`TextConditioned`) or on embeddings made outside diffax (`ContextConditioned`).
 
 Tokens are UTF-8 bytes shifted by 2 after a BOS token, padded to a fixed length: no vocabulary file
 and no download. The BOS token is always valid, so the empty caption (the null context of
@@ -135,6 +136,69 @@ class TextConditioned(nn.Module):
             )
         context = self.encoder(tokens)
         return self.denoiser(x, t, y, train=train, context=context, context_mask=token_mask(tokens))
+
+
+def null_context(batch: int, length: int, width: int) -> dict[str, jax.Array]:
+    """Returns the null context of precomputed embeddings: zero [batch, length, width] with an
+    all-False mask [batch, length].
+
+    Exactly "no text" in the masked attention (cross_attention.masked_attention): with every key
+    masked the weights are uniform, and the key/value projections have no bias, so every value
+    is 0 and cross-attention adds only its output bias, whatever the weights learn. A stored
+    null embedding (an encoder's output for "") would depend on the encoder; this needs none.
+    """
+    return {
+        "context": jnp.zeros((batch, length, width), jnp.float32),
+        "context_mask": jnp.zeros((batch, length), bool),
+    }
+
+
+class ContextConditioned(nn.Module):
+    """A backbone conditioned on text embeddings computed outside diffax (diffax.text_embeddings):
+    `(x, t, y=None, *, context [B, L, D], context_mask [B, L]) -> backbone output`.
+
+    Parameters are {"denoiser": ...}; context=None is the null context (`null_context`), and
+    embeddings under a False mask are zeroed, so a row with no True is that null context too.
+    """
+
+    denoiser: nn.Module
+    length: int  # L, data.text_length.
+    width: int  # D, model.text_width: the stored embeddings' width.
+
+    @property
+    def num_classes(self) -> int:
+        """Returns the backbone's label classes (0 for a text-only model)."""
+        return getattr(self.denoiser, "num_classes", 0)
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        y: jax.Array | None = None,
+        *,
+        train: bool = False,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Returns the backbone's output for x [B, H, W, C], t [B] and a context or None."""
+        if context is None:
+            null = null_context(x.shape[0], self.length, self.width)
+            context, context_mask = null["context"], null["context_mask"]
+        if context.shape[1:] != (self.length, self.width) or context_mask is None:
+            raise ValueError(
+                f"context must be [B, {self.length}, {self.width}] (data.text_length, "
+                f"model.text_width) with a mask [B, {self.length}], got {context.shape}."
+            )
+        context_mask = context_mask.astype(bool)
+        # Masked rows zeroed: an all-False row is then the null context whatever it stores.
+        context = jnp.where(context_mask[..., None], context.astype(jnp.float32), 0.0)
+        return self.denoiser(x, t, y, train=train, context=context, context_mask=context_mask)
+
+
+def is_context_conditioned(model: Any) -> bool:
+    """Returns whether model reads precomputed text embeddings (a ContextConditioned wrapper)."""
+    return isinstance(model, ContextConditioned)
 
 
 def is_text_conditioned(model: Any) -> bool:
