@@ -34,8 +34,10 @@ from diffax.models import text_encoder
 
 
 def eval_params(state: Any, config: ml_collections.ConfigDict) -> Any:
-    """Returns the parameters eval and sampling use: the first EMA, or the raw ones."""
-    return state.ema_params[0] if config.eval.use_ema and state.ema_params else state.params
+    """Returns the parameters eval and sampling use: the first EMA, or the raw ones (of an
+    autoencoder GAN, the autoencoder's alone)."""
+    params = state.ema_params[0] if config.eval.use_ema and state.ema_params else state.params
+    return build.autoencoder_params(config, params)
 
 
 def restore_eval_params(
