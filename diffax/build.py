@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 from diffax import diffusion, schedules, sharding
 from diffax import timestep_sampler as timestep_sampler_lib
@@ -148,6 +149,25 @@ def create_discriminator(config: ml_collections.ConfigDict) -> autoencoder_model
 def autoencoder_params(config: ml_collections.ConfigDict, params: Any) -> Any:
     """Returns the autoencoder's part of an autoencoder run's params (all of them without a GAN)."""
     return params["autoencoder"] if is_gan(config) else params
+
+
+def perceptual_fn(config: ml_collections.ConfigDict) -> Callable | None:
+    """Returns the autoencoder's frozen LPIPS fn(x, x_hat) -> [B] (training.lpips_weights), or
+    None when training.perceptual_weight is 0 or, logged once, no weights file is given."""
+    training = config.training
+    if not is_autoencoder(config) or training.get("perceptual_weight", 0.0) <= 0:
+        return None
+    if not training.lpips_weights:
+        logging.warning(
+            "training.perceptual_weight=%s but training.lpips_weights is empty: the LPIPS term "
+            "is skipped (diffax never downloads; python -m diffax.tools.convert_lpips makes the "
+            "file).",
+            training.perceptual_weight,
+        )
+        return None
+    from diffax.metrics import lpips
+
+    return lpips.distance_fn(training.lpips_weights)
 
 
 def is_super_resolution(config: ml_collections.ConfigDict) -> bool:

@@ -155,6 +155,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process
             model=model,
             kl_weight=training.kl_weight,
             reconstruction=training.reconstruction_loss,
+            perceptual_fn=build.perceptual_fn(config),
+            perceptual_weight=training.perceptual_weight,
         )
         if build.is_gan(config):
             return functools.partial(
