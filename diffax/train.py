@@ -357,7 +357,12 @@ def _train_loop(config, workdir, trainer, manager, guard):
             flip=config.data.random_flip,
         )
         train_iter = latent_cache.train_iterator(
-            cached, local_batch, trainer.latent.scale, seed=config.seed, start_batch=start_step
+            cached,
+            local_batch,
+            trainer.latent.scale,
+            seed=config.seed,
+            start_batch=start_step,
+            shift=trainer.latent.shift,
         )
     step_fn = trainer.compile(training.batch_size)
     distributed.barrier("diffax_train_step_compiled")

@@ -555,6 +555,20 @@ def _validate_latent(config: ml_collections.ConfigDict) -> None:
                     f"latent.autoencoder={kind!r} to diffuse its latents."
                 )
         return
+    from diffax import latents
+
+    _choice(latent.normalization, "latent.normalization", latents.NORMALIZATIONS)
+    if latent.normalization == "per_channel" and latent.autoencoder != "workdir":
+        raise ConfigError(
+            "latent.normalization='per_channel' reads each channel's statistics from an "
+            f"autoencoder workdir's latent_stats.json; latent.autoencoder={latent.autoencoder!r} "
+            "has none: use latent.normalization='scalar' with latent.scale."
+        )
+    if latent.normalization == "per_channel" and latent.scale is not None:
+        raise ConfigError(
+            "latent.scale is set with latent.normalization='per_channel', whose scales come from "
+            "latent_stats.json: unset latent.scale or use latent.normalization='scalar'."
+        )
     if latent.scale is not None:
         _number(latent.scale, "latent.scale", 0.0, float("inf"))
         if latent.scale == 0:
@@ -590,8 +604,6 @@ def _validate_latent(config: ml_collections.ConfigDict) -> None:
             "confined: set eval.clip_denoised=False."
         )
     if latent.autoencoder == "sd_vae":
-        from diffax import latents
-
         z_channels = latents.sd_vae_model(config).z_channels
         if config.data.num_channels != z_channels:
             raise ConfigError(

@@ -111,3 +111,26 @@ def test_train_batches_of_two_processes_split_the_rows():
         stream = latent_cache.train_iterator(cached, 5, 1.0, 0, process, 2)
         seen.append(np.concatenate([next(stream)["label"] for _ in range(2)]))
     assert sorted(np.concatenate(seen)) == list(range(20))
+
+
+def test_per_channel_cached_latents_have_zero_mean_and_unit_variance(
+    latent_config, data_dir, tmp_path
+):
+    """The autoencoder's eval writes each channel's statistics; the cache's batches use them."""
+    from conftest import make_autoencoder_workdir
+
+    from diffax import evaluate
+
+    workdir = str(tmp_path / "autoencoder")
+    evaluate.evaluate_checkpoint(make_autoencoder_workdir(workdir, data_dir), workdir)
+    config = latent_config()
+    config.latent.autoencoder_workdir = workdir
+    config.latent.normalization = "per_channel"
+    latent = latents.load(config, sharding.create_mesh())
+    cached = latent_cache.build_or_load(latent, "test", str(tmp_path / "cache"), 120)
+    batches = list(latent_cache.eval_iterator(cached, 120, latent.scale, shift=latent.shift))
+    z = np.concatenate([b["image"][b["mask"] > 0] for b in batches]).reshape(-1, 4)
+    assert len(z) == 360 * 8 * 8
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, atol=1e-4)
+    assert np.ptp(latent.shift) > 0 and np.ptp(latent.scale) > 0  # Channels really differ.
