@@ -1,5 +1,6 @@
 """Tests of diffax.metrics.lpips: the LPIPS-VGG16 distance, its weight file, the training term."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,6 +88,14 @@ def test_lpips_is_zero_on_equal_images_symmetric_nonnegative_and_matches_numpy(w
     np.testing.assert_allclose(
         grey, distance(jnp.repeat(x0[..., :1], 3, -1), jnp.repeat(x1[..., :1], 3, -1)), rtol=1e-6
     )
+
+
+def test_channel_normalisation_has_a_finite_gradient_at_zero_features():
+    h = jnp.zeros((2, 3, 3, 4)).at[0, 0, 0].set(jnp.array([3.0, 4.0, 0.0, 0.0]))
+    np.testing.assert_allclose(lpips.normalize_channels(h)[0, 0, 0], [0.6, 0.8, 0, 0], rtol=1e-6)
+    # Dead-ReLU positions (all channels 0): a plain sqrt's gradient there is 0 * inf = NaN.
+    grad = jax.jit(jax.grad(lambda h: jnp.sum(lpips.normalize_channels(h) * jnp.arange(4.0))))(h)
+    chex.assert_tree_all_finite(grad)
 
 
 def test_loader_takes_vgg16_shapes_and_maps_oihw_to_hwio(weights):

@@ -32,6 +32,18 @@ SCALE = (0.458, 0.448, 0.450)
 EPS = 1e-10  # lpips.normalize_tensor's.
 
 
+def normalize_channels(h: jax.Array) -> jax.Array:
+    """Returns h / (||h||_channels + 1e-10) of features `[..., C]` (lpips.normalize_tensor).
+
+    Where a feature vector is all zero (dead ReLUs) the norm's gradient is taken as 0: sqrt'(0) is
+    infinite and 0 * inf would make the whole train step's gradient NaN.
+    """
+    square = jnp.sum(jnp.square(h), axis=-1, keepdims=True)
+    positive = square > 0
+    norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, square, 1.0)), 0.0)
+    return h / (norm + EPS)
+
+
 class LPIPS(nn.Module):
     """LPIPS v0.1 on VGG16 features; params {"features_N": {kernel, bias}, "lin_k": {kernel}}."""
 
@@ -48,8 +60,7 @@ class LPIPS(nn.Module):
                 h = nn.relu(
                     nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), name=f"features_{n}")(h)
                 )
-            norm = jnp.sqrt(jnp.sum(jnp.square(h), axis=-1, keepdims=True))
-            taps.append(h / (norm + EPS))
+            taps.append(normalize_channels(h))
         return taps
 
     @nn.compact
