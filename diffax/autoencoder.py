@@ -1,12 +1,13 @@
 """Training the latent-diffusion autoencoder (Rombach et al. 2022, sec. 3.1, appendix G): its loss,
 the latent scale, and a train step with the contract of `diffax.train.train_step`.
 
-Pure functions of arrays. The loss is LDM's KL-regularised one without the perceptual and
-adversarial terms: per example, the reconstruction error summed over pixels plus `kl_weight` times
-KL(q(z|x) || N(0, I)) summed over latent dimensions. Summing (not averaging) both over dimensions
-is what gives the paper's kl_weight = 1e-6 its meaning: the KL is a "slight" pull towards a
-standard normal whatever the image size. Arrays are NHWC; losses are in nats-like units per
-example, `[B]`.
+Pure functions of arrays. The loss is LDM's KL-regularised one: per example, the reconstruction
+error summed over pixels plus `kl_weight` times KL(q(z|x) || N(0, I)) summed over latent
+dimensions; optionally a perceptual distance (LPIPS, `diffax.metrics.lpips`) added to every
+pixel's error, and the adversarial terms of `gan_train_step`. Summing (not averaging) over
+dimensions is what gives the paper's kl_weight = 1e-6 its meaning: the KL is a "slight" pull
+towards a standard normal whatever the image size. Arrays are NHWC; losses are in nats-like units
+per example, `[B]`.
 """
 
 from collections.abc import Callable
@@ -169,7 +170,7 @@ def train_step(
     return new_state, metrics
 
 
-# --- The adversarial term (LDM's LPIPSWithDiscriminator, without LPIPS) ---------------------------
+# --- The adversarial term (LDM's LPIPSWithDiscriminator) -----------------------------------------
 
 
 def hinge_discriminator_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
