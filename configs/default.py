@@ -78,6 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
     model.layers_per_block = 2  # Resnets per encoder level (the decoder has one more).
     model.z_channels = 4  # Latent channels.
     model.norm_num_groups = 32  # GroupNorm groups of the autoencoder; divides every width.
+    model.disc_ndf = 64  # PatchGAN discriminator (training.disc_weight > 0): first conv's width.
+    model.disc_layers = 3  # PatchGAN: stride-2 convs; patches are image_size / 2**layers - 2 wide.
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
     diffusion.schedule = "linear"  # Beta schedule: "linear" or "cosine".
@@ -141,6 +143,14 @@ def get_config() -> ml_collections.ConfigDict:
     training.max_consecutive_skips = 10  # Non-finite updates in a row before training stops.
     training.kl_weight = 1e-6  # Autoencoder: weight of KL(q(z|x) || N(0, I)) (LDM).
     training.reconstruction_loss = "l1"  # Autoencoder: "l1" (LDM) or "l2", summed over pixels.
+    # Autoencoder GAN (LDM's LPIPSWithDiscriminator; Esser et al. 2021): a PatchGAN trained with
+    # the hinge loss, its term weighted adaptively at the decoder's last layer; 0 disables.
+    training.disc_weight = 0.0  # Autoencoder: the adversarial term's weight (LDM: 0.5).
+    training.disc_start = 0  # Autoencoder: first step with the adversarial terms (a warm-up).
+    # Autoencoder perceptual term: LPIPS v0.1 with VGG16 (Zhang et al. 2018), added per pixel as
+    # LDM does; needs a local weights file (diffax.tools.convert_lpips makes one).
+    training.perceptual_weight = 0.0  # Autoencoder: LPIPS weight (LDM: 1.0); 0 disables.
+    training.lpips_weights = ""  # Autoencoder: LPIPS .safetensors / .npz; "" skips the term.
 
     # Latent diffusion (Rombach et al. 2022): the denoiser runs on a frozen autoencoder's latents;
     # data.image_size and data.num_channels are then the latents' (the autoencoder's images are
@@ -154,6 +164,9 @@ def get_config() -> ml_collections.ConfigDict:
     # latent_stats.json (an SD VAE file has none: set 0.18215 for Stable Diffusion's).
     latent.scale = _unset(float)
     latent.cache_dir = _unset()  # Where the encoded splits are cached; unset: WORKDIR/latents.
+    # "scalar": z = scale * latent (LDM); "per_channel": z = (latent - shift_c) * scale_c, with
+    # each channel's mean and 1 / std from the autoencoder workdir's latent_stats.json.
+    latent.normalization = "scalar"
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1  # Data-parallel axis size; -1 takes every device left after fsdp.

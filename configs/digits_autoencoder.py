@@ -1,9 +1,9 @@
 """The first stage of a latent diffusion model on the digits: a KL autoencoder, on a laptop CPU.
 
 Rombach et al. 2022 (sec. 3.1, appendix G): an f = 4 KL-regularised autoencoder (kl_weight 1e-6,
-L1 reconstruction; no perceptual or adversarial loss here). The 8x8 digits are upscaled to 32x32
-by the input pipeline, so the latents are 8x8x4, the digits' own size. Widths are cut down so
-training takes a few minutes on two CPU cores.
+L1 reconstruction; the perceptual and adversarial terms: configs/digits_autoencoder_gan.py). The
+8x8 digits are upscaled to 32x32 by the input pipeline, so the latents are 8x8x4, the digits' own
+size. Widths are cut down so training takes a few minutes on two CPU cores.
 
 `python -m diffax.main --config=configs/digits_autoencoder.py --workdir=...` trains it and reports
 the test reconstruction PSNR and the latent scale (also written to WORKDIR/latent_stats.json).

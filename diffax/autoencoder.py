@@ -1,14 +1,16 @@
 """Training the latent-diffusion autoencoder (Rombach et al. 2022, sec. 3.1, appendix G): its loss,
 the latent scale, and a train step with the contract of `diffax.train.train_step`.
 
-Pure functions of arrays. The loss is LDM's KL-regularised one without the perceptual and
-adversarial terms: per example, the reconstruction error summed over pixels plus `kl_weight` times
-KL(q(z|x) || N(0, I)) summed over latent dimensions. Summing (not averaging) both over dimensions
-is what gives the paper's kl_weight = 1e-6 its meaning: the KL is a "slight" pull towards a
-standard normal whatever the image size. Arrays are NHWC; losses are in nats-like units per
-example, `[B]`.
+Pure functions of arrays. The loss is LDM's KL-regularised one: per example, the reconstruction
+error summed over pixels plus `kl_weight` times KL(q(z|x) || N(0, I)) summed over latent
+dimensions; optionally a perceptual distance (LPIPS, `diffax.metrics.lpips`) added to every
+pixel's error, and the adversarial terms of `gan_train_step`. Summing (not averaging) over
+dimensions is what gives the paper's kl_weight = 1e-6 its meaning: the KL is a "slight" pull
+towards a standard normal whatever the image size. Arrays are NHWC; losses are in nats-like units
+per example, `[B]`.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -60,15 +62,23 @@ def autoencoder_loss(
     logvar: jax.Array,
     kl_weight: float = DEFAULT_KL_WEIGHT,
     kind: str = "l1",
+    perceptual: jax.Array | None = None,
+    perceptual_weight: float = 1.0,
 ) -> dict[str, jax.Array]:
-    """Returns {"loss": rec + kl_weight kl, "rec", "kl"}, each per example `[B]`.
+    """Returns {"loss": rec + perceptual_weight H W C p_loss + kl_weight kl, "rec", "kl"} (and
+    "p_loss" with a perceptual distance), each per example `[B]`.
 
     x, x_hat: `[B, H, W, C]`; mean, logvar: the posterior `[B, h, w, z]` that x_hat was decoded
-    from (a sample of it, in training).
+    from (a sample of it, in training); perceptual: a distance per example `[B]` (LPIPS), which
+    LDM adds to every pixel's error before summing, hence the H W C.
     """
     rec = reconstruction_loss(x, x_hat, kind)
     kl = kl_to_standard_normal(mean, logvar)
-    return {"loss": rec + kl_weight * kl, "rec": rec, "kl": kl}
+    terms = {"loss": rec + kl_weight * kl, "rec": rec, "kl": kl}
+    if perceptual is not None:
+        terms["p_loss"] = perceptual
+        terms["loss"] = terms["loss"] + perceptual_weight * x[0].size * perceptual
+    return terms
 
 
 def psnr(x: jax.Array, x_hat: jax.Array, data_range: float = 2.0) -> jax.Array:
@@ -123,8 +133,12 @@ def train_step(
     model: nn.Module,
     kl_weight: float = DEFAULT_KL_WEIGHT,
     reconstruction: str = "l1",
+    perceptual_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    perceptual_weight: float = 1.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step of the autoencoder on {"image": [B, H, W, C], ...}; pure.
+
+    perceptual_fn(x, x_hat) -> [B] (LPIPS, frozen) adds the perceptual term of `autoencoder_loss`.
 
     Mirrors `diffax.train.train_step`: the posterior sample is drawn from fold_in(state.rng,
     state.step); labels are ignored; the sampler_state is left unchanged. Metrics (scalars):
@@ -136,7 +150,10 @@ def train_step(
 
     def loss_fn(params):
         x_hat, mean, logvar = model.apply({"params": params}, images, key, sample_posterior=True)
-        terms = autoencoder_loss(images, x_hat, mean, logvar, kl_weight, reconstruction)
+        p = None if perceptual_fn is None else perceptual_fn(images, x_hat)
+        terms = autoencoder_loss(
+            images, x_hat, mean, logvar, kl_weight, reconstruction, p, perceptual_weight
+        )
         return jnp.mean(terms["loss"]), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -145,6 +162,7 @@ def train_step(
         "loss": loss,
         "rec": jnp.mean(terms["rec"]),
         "kl": jnp.mean(terms["kl"]),
+        **({"p_loss": jnp.mean(terms["p_loss"])} if "p_loss" in terms else {}),
         "grad_norm": optax.global_norm(grads),
         "skipped": new_state.skipped,
         "consecutive_skips": new_state.consecutive_skips,
@@ -152,7 +170,7 @@ def train_step(
     return new_state, metrics
 
 
-# --- The adversarial term (LDM's LPIPSWithDiscriminator, without LPIPS) ---------------------------
+# --- The adversarial term (LDM's LPIPSWithDiscriminator) -----------------------------------------
 
 
 def hinge_discriminator_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
@@ -203,6 +221,8 @@ def gan_train_step(
     disc_start: int = 50_001,
     reconstruction: str = "l1",
     last_layer: tuple[str, ...] = ("decoder", "conv_out", "kernel"),
+    perceptual_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    perceptual_weight: float = 1.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One step of the autoencoder and its PatchGAN discriminator on {"image": [B, H, W, C]}; pure.
 
@@ -210,7 +230,8 @@ def gan_train_step(
     parameter, so this is two Adams of the same hyperparameters). The autoencoder minimises rec +
     kl_weight kl + factor * disc_weight * w * g_loss with w = `adaptive_weight` at `last_layer`;
     the discriminator minimises factor * hinge loss on (x, stop_gradient(x_hat)). factor is 0
-    before step disc_start (the warm-up: a plain `train_step` until then), 1 after. Metrics:
+    before step disc_start (the warm-up: a plain `train_step` until then), 1 after; perceptual_fn
+    as in `train_step`. Metrics:
     loss, rec, kl (as `train_step`), g_loss, d_loss, d_weight, logits_real, logits_fake,
     grad_norm, skipped, consecutive_skips.
     """
@@ -225,8 +246,11 @@ def gan_train_step(
 
     (x_hat, mean, logvar), backward = jax.vjp(forward, ae_params)
 
-    def vae_loss(x_hat, mean, logvar):
-        terms = autoencoder_loss(images, x_hat, mean, logvar, kl_weight, reconstruction)
+    def vae_loss(x_hat, mean, logvar):  # LDM's nll + kl: the perceptual term is in the ratio w.
+        p = None if perceptual_fn is None else perceptual_fn(images, x_hat)
+        terms = autoencoder_loss(
+            images, x_hat, mean, logvar, kl_weight, reconstruction, p, perceptual_weight
+        )
         return jnp.mean(terms["loss"]), terms
 
     (_, terms), vae_cotangents = jax.value_and_grad(vae_loss, argnums=(0, 1, 2), has_aux=True)(
@@ -259,6 +283,7 @@ def gan_train_step(
         "loss": jnp.mean(terms["loss"]) + factor * d_weight * g_loss,
         "rec": jnp.mean(terms["rec"]),
         "kl": jnp.mean(terms["kl"]),
+        **({"p_loss": jnp.mean(terms["p_loss"])} if "p_loss" in terms else {}),
         "g_loss": g_loss,
         "d_loss": d_loss,
         "d_weight": d_weight,

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 from diffax import diffusion, schedules, sharding
 from diffax import timestep_sampler as timestep_sampler_lib
@@ -129,6 +130,44 @@ def is_classifier(config: ml_collections.ConfigDict) -> bool:
 def is_autoencoder(config: ml_collections.ConfigDict) -> bool:
     """Returns whether the config trains an autoencoder instead of a diffusion model."""
     return config.model.name in AUTOENCODERS
+
+
+def is_gan(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether an autoencoder trains against a PatchGAN discriminator (its params are then
+    {"autoencoder", "discriminator"}; `autoencoder_params` picks the first)."""
+    return is_autoencoder(config) and config.training.get("disc_weight", 0.0) > 0
+
+
+def create_discriminator(config: ml_collections.ConfigDict) -> autoencoder_model.PatchDiscriminator:
+    """Translates config.model.disc_* into the PatchGAN discriminator of an autoencoder GAN."""
+    m = config.model
+    return autoencoder_model.PatchDiscriminator(
+        ndf=m.disc_ndf, num_layers=m.disc_layers, dtype=jnp.dtype(m.dtype)
+    )
+
+
+def autoencoder_params(config: ml_collections.ConfigDict, params: Any) -> Any:
+    """Returns the autoencoder's part of an autoencoder run's params (all of them without a GAN)."""
+    return params["autoencoder"] if is_gan(config) else params
+
+
+def perceptual_fn(config: ml_collections.ConfigDict) -> Callable | None:
+    """Returns the autoencoder's frozen LPIPS fn(x, x_hat) -> [B] (training.lpips_weights), or
+    None when training.perceptual_weight is 0 or, logged once, no weights file is given."""
+    training = config.training
+    if not is_autoencoder(config) or training.get("perceptual_weight", 0.0) <= 0:
+        return None
+    if not training.lpips_weights:
+        logging.warning(
+            "training.perceptual_weight=%s but training.lpips_weights is empty: the LPIPS term "
+            "is skipped (diffax never downloads; python -m diffax.tools.convert_lpips makes the "
+            "file).",
+            training.perceptual_weight,
+        )
+        return None
+    from diffax.metrics import lpips
+
+    return lpips.distance_fn(training.lpips_weights)
 
 
 def is_super_resolution(config: ml_collections.ConfigDict) -> bool:
@@ -314,7 +353,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Returns AdamW with warmup and optional global-norm clipping."""
+    """Returns AdamW with warmup and optional global-norm clipping; for an autoencoder GAN one
+    such optimizer per half (as LDM's two optimizers), so clipping the autoencoder's large
+    gradients never shrinks the discriminator's."""
     training = config.training
     adamw = optax.adamw(
         learning_rate_schedule(config),
@@ -323,7 +364,13 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
         weight_decay=training.weight_decay,
     )
     if training.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(training.grad_clip), adamw)
+        adamw = optax.chain(optax.clip_by_global_norm(training.grad_clip), adamw)
+    if is_gan(config):
+        halves = ("autoencoder", "discriminator")
+        return optax.multi_transform(
+            dict.fromkeys(halves, adamw),
+            lambda params: {k: jax.tree.map(lambda _, k=k: k, params[k]) for k in halves},
+        )
     return adamw
 
 
@@ -332,6 +379,10 @@ def init_params(rng: jax.Array, model: nn.Module, config: ml_collections.ConfigD
     if is_autoencoder(config):
         from diffax import autoencoder
 
+        if is_gan(config):
+            return autoencoder.init_gan_params(
+                rng, model, create_discriminator(config), image_shape(config)
+            )
         return autoencoder.init_params(rng, model, image_shape(config))
     if is_continuous(config):
         from diffax import continuous_train

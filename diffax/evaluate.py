@@ -34,8 +34,10 @@ from diffax.models import text_encoder
 
 
 def eval_params(state: Any, config: ml_collections.ConfigDict) -> Any:
-    """Returns the parameters eval and sampling use: the first EMA, or the raw ones."""
-    return state.ema_params[0] if config.eval.use_ema and state.ema_params else state.params
+    """Returns the parameters eval and sampling use: the first EMA, or the raw ones (of an
+    autoencoder GAN, the autoencoder's alone)."""
+    params = state.ema_params[0] if config.eval.use_ema and state.ema_params else state.params
+    return build.autoencoder_params(config, params)
 
 
 def restore_eval_params(
@@ -178,7 +180,8 @@ def evaluate_autoencoder(
 ) -> dict[str, Any]:
     """Writes eval_<step>.json with the eval split's reconstruction PSNR (dB, from the posterior
     mean), L1/L2 and KL per example, and the latent scale 1 / std of the posterior means, which
-    latent diffusion divides the latents by (also written to WORKDIR/latent_stats.json); and a
+    latent diffusion multiplies the latents by (also written to WORKDIR/latent_stats.json, with
+    each channel's mean and 1 / std as channel_shift and channel_scale); and a
     grid of originals (odd rows) over their reconstructions (even rows)."""
     from diffax import autoencoder
 
@@ -197,6 +200,9 @@ def evaluate_autoencoder(
             "kl": jnp.sum(autoencoder.kl_to_standard_normal(mean, logvar) * mask),
             "z_sum": jnp.sum(mean * mask[:, None, None, None]),
             "z_sq": jnp.sum(jnp.square(mean) * mask[:, None, None, None]),
+            # Per channel [z]: latent.normalization="per_channel" (diffax.latents).
+            "zc_sum": jnp.sum(mean * mask[:, None, None, None], axis=(0, 1, 2)),
+            "zc_sq": jnp.sum(jnp.square(mean) * mask[:, None, None, None], axis=(0, 1, 2)),
             "count": jnp.sum(mask),
         }
         return out, x_hat
@@ -220,6 +226,9 @@ def evaluate_autoencoder(
     )
     z_mean = totals["z_sum"] / latent_size
     z_std = float(np.sqrt(totals["z_sq"] / latent_size - z_mean**2))
+    channel_size = latent_size / totals["zc_sum"].shape[0]
+    channel_mean = totals["zc_sum"] / channel_size
+    channel_std = np.sqrt(np.maximum(totals["zc_sq"] / channel_size - channel_mean**2, 0.0))
     results: dict[str, Any] = {"step": step, "params": "ema" if config.eval.use_ema else "raw"}
     results.update(
         {
@@ -245,7 +254,13 @@ def evaluate_autoencoder(
             results["reconstructions_png"],
             images.image_grid(grid, config.data.num_levels, min(10, len(originals))),
         )
-        stats = {"step": step, "scale": results["latent/scale"], "mean": results["latent/mean"]}
+        stats = {
+            "step": step,
+            "scale": results["latent/scale"],
+            "mean": results["latent/mean"],
+            "channel_shift": [float(v) for v in channel_mean],
+            "channel_scale": [float(1.0 / v) for v in channel_std],
+        }
         (epath.Path(workdir) / "latent_stats.json").write_text(json.dumps(stats, indent=2))
         path = epath.Path(workdir) / f"eval_{step:08d}.json"
         path.write_text(json.dumps(results, indent=2))
@@ -341,7 +356,7 @@ def evaluate_latent_bpd(config, model, process, mesh, params, *, latent, workdir
     )
     local = sharding.per_process_batch_size(config.eval.batch_size, "eval.batch_size")
     batches = latent_cache.eval_iterator(
-        cached, local, latent.scale, num_examples=config.eval.num_bpd_examples
+        cached, local, latent.scale, num_examples=config.eval.num_bpd_examples, shift=latent.shift
     )
     out = evaluate_bpd(config, model, process, mesh, params, batches=batches)
     return {f"test/latent_{k}": v for k, v in out.items()}

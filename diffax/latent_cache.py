@@ -9,8 +9,9 @@ rebuilt (logged), never reused. With data.random_flip the training split holds e
 mirror, so drawing uniformly from the cache flips with probability 1/2.
 
 The iterators read the arrays memory-mapped and yield batches as the input pipeline does:
-training draws z = scale (mean + exp(logvar / 2) eps), eps ~ N(0, I) new at every step; eval
-takes z = scale * mean (the deterministic posterior mean).
+training draws z = scale (mean + exp(logvar / 2) eps - shift), eps ~ N(0, I) new at every step;
+eval takes z = scale (mean - shift) (the deterministic posterior mean); shift is 0 and scale one
+number, or both per channel (latent.normalization).
 """
 
 import dataclasses
@@ -196,8 +197,10 @@ def train_iterator(
     process_count: int | None = None,
     start_batch: int = 0,
     text_length: int = 0,
+    shift: float | np.ndarray = 0.0,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields endless {"image": float32 [b, h, w, z] = scale * (mean + std eps), "label": [b]}.
+    """Yields endless {"image": float32 [b, h, w, z] = scale * (mean + std eps - shift), "label"
+    [b]}; scale and shift are scalars or per channel [z] (LatentSpace.scale, .shift).
 
     Shuffled per epoch; b = batch_size per process, each process reading every
     process_count-th cached row. The stream is a fixed function of (seed, process): batch k is
@@ -232,7 +235,7 @@ def train_iterator(
         eps = np.random.default_rng([seed, index, 1 << 32, batch]).standard_normal(
             mean.shape, np.float32
         )
-        z = (mean + np.exp(0.5 * logvar) * eps) * scale
+        z = (mean + np.exp(0.5 * logvar) * eps - shift) * scale
         out = {"image": z.astype(np.float32), "label": np.asarray(cached.label[chosen], np.int32)}
         if caption_tokens is not None:
             out["tokens"] = caption_tokens[chosen]
@@ -258,8 +261,10 @@ def eval_iterator(
     num_examples: int = -1,
     process_index: int | None = None,
     process_count: int | None = None,
+    shift: float | np.ndarray = 0.0,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields one ordered pass of {"image": scale * mean [b, h, w, z], "label", "mask" [b]}.
+    """Yields one ordered pass of {"image": scale * (mean - shift) [b, h, w, z], "label", "mask"
+    [b]}.
 
     As input_pipeline.create_eval_iterator: num_examples > 0 keeps the first examples, padding
     rows have mask 0, and every process yields the same number of batches.
@@ -276,7 +281,7 @@ def eval_iterator(
         image = np.zeros((batch_size, *cached.mean.shape[1:]), np.float32)
         label = np.zeros((batch_size,), np.int32)
         mask = np.zeros((batch_size,), np.float32)
-        image[:n] = np.asarray(cached.mean[chosen]) * scale
+        image[:n] = (np.asarray(cached.mean[chosen]) - shift) * scale
         label[:n] = cached.label[chosen]
         mask[:n] = 1.0
         yield {"image": image, "label": label, "mask": mask}

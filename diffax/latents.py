@@ -1,12 +1,15 @@
 """The frozen first stage of latent diffusion (Rombach et al. 2022, sec. 3): which autoencoder, its
 latent scale, and encoding images to / decoding latents from what the denoiser sees.
 
-The denoiser works on z = scale * latent, latent a draw from the autoencoder's posterior q(z|x);
-samples are decoded as decode(z / scale). The autoencoder is either a trained diffax workdir
-(config.latent.autoencoder = "workdir": its checkpoint, saved config and latent_stats.json) or a
-diffusers AutoencoderKL file (config.latent.autoencoder = "sd_vae", loaded by diffax.vae_weights).
-In the diffusion config data.image_size and data.num_channels are the latents'; `LatentSpace.
-image_data` is the data config the images are read with (size and channels the autoencoder's).
+The denoiser works on z = scale * (latent - shift), latent a draw from the autoencoder's posterior
+q(z|x); samples are decoded as decode(z / scale + shift). With latent.normalization "scalar" (LDM)
+shift is 0 and scale one number; with "per_channel" both are per latent channel [z], each
+channel's mean and 1 / std from the workdir's latent_stats.json. The autoencoder is either a
+trained diffax workdir (config.latent.autoencoder = "workdir": its checkpoint, saved config and
+latent_stats.json) or a diffusers AutoencoderKL file (config.latent.autoencoder = "sd_vae",
+loaded by diffax.vae_weights). In the diffusion config data.image_size and data.num_channels are
+the latents'; `LatentSpace.image_data` is the data config the images are read with (size and
+channels the autoencoder's).
 """
 
 import dataclasses
@@ -29,6 +32,8 @@ from diffax.models.autoencoder import AutoencoderKL
 SD_VAE_BLOCK_OUT_CHANNELS = (128, 256, 512, 512)
 SD_VAE_LAYERS_PER_BLOCK = 2
 STATS_FILE = "latent_stats.json"  # Written by diffax.evaluate.evaluate_autoencoder.
+# latent.normalization values: one scale for every latent (LDM), or a shift and scale per channel.
+NORMALIZATIONS = ("scalar", "per_channel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +42,12 @@ class LatentSpace:
 
     model: AutoencoderKL
     params: Any  # Replicated on the mesh.
-    scale: float  # The denoiser sees scale * latent.
+    scale: Any  # The denoiser sees scale * (latent - shift): a float, or [z] per channel.
     source: str  # Absolute path of the autoencoder workdir or weights file.
     version: str  # What a cache of its latents must match: the checkpoint step or the file's stamp.
     image_data: ml_collections.ConfigDict  # The data config the images are read with.
     mesh: Mesh
+    shift: Any = 0.0  # 0.0, or [z] per channel (latent.normalization="per_channel").
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -54,7 +60,8 @@ class LatentSpace:
         return _encode(self.model, self.params, images)
 
     def decode(self, latents: np.ndarray, batch_size: int) -> np.ndarray:
-        """Returns float32 images [N, H, W, C] in [-1, 1] of scaled latents [N, h, w, z] (numpy).
+        """Returns float32 images [N, H, W, C] in [-1, 1] of normalised latents [N, h, w, z]
+        (numpy): decode(z / scale + shift).
 
         Runs in padded batches of batch_size (a multiple of the device count): one compile.
         """
@@ -66,7 +73,7 @@ class LatentSpace:
             padded = np.zeros((batch_size, *chunk.shape[1:]), np.float32)
             padded[: len(chunk)] = chunk
             z = jax.device_put(padded, batch_sharding)
-            images = _decode(self.model, self.params, z, self.scale)
+            images = _decode(self.model, self.params, z, self.scale, self.shift)
             out.append(sharding.to_host(images)[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, *self.image_shape), np.float32)
 
@@ -83,8 +90,9 @@ def _encode(model: AutoencoderKL, params: Any, images: jax.Array):
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _decode(model: AutoencoderKL, params: Any, z: jax.Array, scale: float):
-    images = model.apply({"params": params}, z / scale, method=model.decode)
+def _decode(model: AutoencoderKL, params: Any, z: jax.Array, scale: Any, shift: Any):
+    latents = z / jnp.asarray(scale, jnp.float32) + jnp.asarray(shift, jnp.float32)
+    images = model.apply({"params": params}, latents, method=model.decode)
     return jnp.clip(images, -1.0, 1.0)
 
 
@@ -148,8 +156,9 @@ def check_shapes(
         )
 
 
-def _read_scale(workdir: str, step: int) -> float:
-    """Returns the scale in WORKDIR/latent_stats.json, checked to be of checkpoint `step`."""
+def _read_stats(workdir: str, step: int, normalization: str) -> tuple[Any, Any]:
+    """Returns (scale, shift) from WORKDIR/latent_stats.json, checked to be of checkpoint `step`:
+    (a float, 0.0) for "scalar", float32 [z] arrays for "per_channel"."""
     path = os.path.join(workdir, STATS_FILE)
     if not os.path.exists(path):
         raise _unfinished(workdir, f"has no {STATS_FILE} (its evaluation writes it)")
@@ -160,7 +169,18 @@ def _read_scale(workdir: str, step: int) -> float:
             f"{path} is of step {stats.get('step')} but the newest checkpoint is step {step}: run "
             "--mode=eval on the autoencoder workdir to refresh it, or set latent.scale."
         )
-    return float(stats["scale"])
+    if normalization == "scalar":
+        return float(stats["scale"]), 0.0
+    if "channel_scale" not in stats or "channel_shift" not in stats:
+        raise ValueError(
+            f"latent.normalization='per_channel' needs channel_shift and channel_scale in {path}, "
+            "which has none (written before they existed): run --mode=eval on the autoencoder "
+            "workdir to rewrite it, or set latent.normalization='scalar'."
+        )
+    return (
+        np.asarray(stats["channel_scale"], np.float32),
+        np.asarray(stats["channel_shift"], np.float32),
+    )
 
 
 def _from_workdir(config: ml_collections.ConfigDict, mesh: Mesh) -> LatentSpace:
@@ -177,12 +197,22 @@ def _from_workdir(config: ml_collections.ConfigDict, mesh: Mesh) -> LatentSpace:
     f = model.downsample_factor
     size = ae_config.data.image_size
     check_shapes(config, (size // f, size // f, model.z_channels), f"The autoencoder in {workdir}")
-    scale = config.latent.scale or _read_scale(workdir, step)
+    normalization = config.latent.get("normalization", "scalar")
+    if config.latent.scale and normalization == "scalar":
+        scale, shift = float(config.latent.scale), 0.0
+    else:
+        scale, shift = _read_stats(workdir, step, normalization)
+    if normalization == "per_channel" and scale.shape != (model.z_channels,):
+        raise ValueError(
+            f"{os.path.join(workdir, STATS_FILE)} holds {scale.shape[0]} channel scales for "
+            f"{model.z_channels} latent channels: run --mode=eval on the autoencoder workdir."
+        )
     params, _ = evaluate.restore_eval_params(ae_config, workdir, mesh)
     return LatentSpace(
         model=model,
         params=jax.device_put(params, sharding.replicated(mesh)),
-        scale=float(scale),
+        scale=scale,
+        shift=shift,
         source=workdir,
         version=f"step {step}",
         image_data=image_data_config(config, size, ae_config.data.num_channels),

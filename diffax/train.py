@@ -172,12 +172,23 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process
     if build.is_autoencoder(config):
         from diffax import autoencoder
 
-        return functools.partial(
-            autoencoder.train_step,
+        training = config.training
+        common = dict(
             model=model,
-            kl_weight=config.training.kl_weight,
-            reconstruction=config.training.reconstruction_loss,
+            kl_weight=training.kl_weight,
+            reconstruction=training.reconstruction_loss,
+            perceptual_fn=build.perceptual_fn(config),
+            perceptual_weight=training.perceptual_weight,
         )
+        if build.is_gan(config):
+            return functools.partial(
+                autoencoder.gan_train_step,
+                discriminator=build.create_discriminator(config),
+                disc_weight=training.disc_weight,
+                disc_start=training.disc_start,
+                **common,
+            )
+        return functools.partial(autoencoder.train_step, **common)
     return functools.partial(
         train_step,
         model=model,
@@ -367,6 +378,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
             seed=config.seed,
             start_batch=start_step,
             text_length=config.data.get("text_length", 0),
+            shift=trainer.latent.shift,
         )
     step_fn = trainer.compile(training.batch_size)
     distributed.barrier("diffax_train_step_compiled")
@@ -399,7 +411,8 @@ def _train_loop(config, workdir, trainer, manager, guard):
                 metrics["images_per_sec"] = metrics["steps_per_sec"] * training.batch_size
                 last_time, last_step = now, done
                 summaries.write_scalars(writer, done, {f"train/{k}": v for k, v in metrics.items()})
-                shown = [k for k in ("loss", "mse", "vb", "accuracy", "rec", "kl") if k in metrics]
+                shown = ("loss", "mse", "vb", "accuracy", "rec", "kl", "p_loss", "g_loss", "d_loss")
+                shown = [k for k in shown if k in metrics]
                 logging.log_if(
                     logging.INFO,
                     "step %d: %s | %.1f steps/s %.0f images/s",

@@ -5,6 +5,8 @@ BETA_SCHEDULES, unet.reachable_resolutions, layers.attention_heads, sharding.che
 a new option is accepted here as soon as its module offers it.
 """
 
+import os
+
 import jax
 import ml_collections
 
@@ -145,8 +147,45 @@ def _validate_autoencoder(config: ml_collections.ConfigDict) -> None:
         autoencoder.RECONSTRUCTION_KINDS,
     )
     _number(config.training.kl_weight, "training.kl_weight", 0.0, float("inf"))
+    if config.training.disc_weight > 0:
+        _positive_int(m.disc_ndf, "model.disc_ndf")
+        _positive_int(m.disc_layers, "model.disc_layers")
+        patches = data.image_size // 2**m.disc_layers - 2
+        if patches < 1:
+            raise ConfigError(
+                f"model.disc_layers={m.disc_layers} leaves the discriminator no patch of a "
+                f"{data.image_size}-pixel image (it needs data.image_size >= "
+                f"{3 * 2**m.disc_layers}); lower model.disc_layers."
+            )
     if m.class_cond:
         raise ConfigError(f"model.name={m.name!r} ignores labels: set model.class_cond=False.")
+
+
+def _validate_autoencoder_loss(config: ml_collections.ConfigDict) -> None:
+    """Checks the GAN and perceptual fields of training (autoencoder runs only when nonzero)."""
+    training = config.training
+    _number(training.disc_weight, "training.disc_weight", 0.0, float("inf"))
+    _positive_int(training.disc_start, "training.disc_start", allow_zero=True)
+    _number(training.perceptual_weight, "training.perceptual_weight", 0.0, float("inf"))
+    if not isinstance(training.lpips_weights, str):
+        raise ConfigError(
+            f"training.lpips_weights={training.lpips_weights!r} must be a path (a string)."
+        )
+    name = config.model.name
+    if name not in build.AUTOENCODERS:
+        for field in ("disc_weight", "perceptual_weight"):
+            if training[field] > 0:
+                raise ConfigError(
+                    f"training.{field}={training[field]} is an autoencoder's loss term, but "
+                    f"model.name={name!r} is not one of {', '.join(build.AUTOENCODERS)}: set it 0."
+                )
+        return
+    path = training.lpips_weights
+    if training.perceptual_weight > 0 and path and not os.path.isfile(path):
+        raise ConfigError(
+            f"training.lpips_weights={path!r} is not a file: give the .safetensors or .npz "
+            "that python -m diffax.tools.convert_lpips writes, or '' to skip the term."
+        )
 
 
 def _validate_model(config: ml_collections.ConfigDict) -> None:
@@ -557,6 +596,20 @@ def _validate_latent(config: ml_collections.ConfigDict) -> None:
                     f"latent.autoencoder={kind!r} to diffuse its latents."
                 )
         return
+    from diffax import latents
+
+    _choice(latent.normalization, "latent.normalization", latents.NORMALIZATIONS)
+    if latent.normalization == "per_channel" and latent.autoencoder != "workdir":
+        raise ConfigError(
+            "latent.normalization='per_channel' reads each channel's statistics from an "
+            f"autoencoder workdir's latent_stats.json; latent.autoencoder={latent.autoencoder!r} "
+            "has none: use latent.normalization='scalar' with latent.scale."
+        )
+    if latent.normalization == "per_channel" and latent.scale is not None:
+        raise ConfigError(
+            "latent.scale is set with latent.normalization='per_channel', whose scales come from "
+            "latent_stats.json: unset latent.scale or use latent.normalization='scalar'."
+        )
     if latent.scale is not None:
         _number(latent.scale, "latent.scale", 0.0, float("inf"))
         if latent.scale == 0:
@@ -592,8 +645,6 @@ def _validate_latent(config: ml_collections.ConfigDict) -> None:
             "confined: set eval.clip_denoised=False."
         )
     if latent.autoencoder == "sd_vae":
-        from diffax import latents
-
         z_channels = latents.sd_vae_model(config).z_channels
         if config.data.num_channels != z_channels:
             raise ConfigError(
@@ -611,6 +662,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     _validate_text(config)
     _validate_diffusion(config)
     _validate_training(config, device_count)
+    _validate_autoencoder_loss(config)
     _validate_eval(config, device_count)
     _validate_super_resolution(config)
     _validate_inpainting(config)

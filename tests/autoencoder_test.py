@@ -12,8 +12,8 @@ import pytest
 from absl.testing import parameterized
 from sklearn.datasets import load_digits
 
-from configs import digits_autoencoder
-from diffax import autoencoder
+from configs import digits_autoencoder, digits_autoencoder_gan
+from diffax import autoencoder, evaluate, latents, sharding, train
 from diffax.models import count_params
 from diffax.models.autoencoder import AutoencoderKL, PatchDiscriminator
 from diffax.train_state import TrainState
@@ -292,3 +292,47 @@ def test_gan_step_is_the_plain_step_during_warmup_then_trains_the_discriminator(
     )
     # (conv_out's bias has no gradient while every logit lies inside the hinge's margin.)
     assert moved["conv_0"]["kernel"] and moved["conv_out"]["kernel"], moved
+
+
+# --- The GAN in the main job ----------------------------------------------------------------------
+
+
+def _tiny_gan_config(data_dir, num_steps):
+    """configs/digits_autoencoder_gan.py on 16x16 images (f = 2), the discriminator from step 2."""
+    config = digits_autoencoder_gan.get_config()
+    config.data.data_dir = data_dir
+    config.data.image_size = 16
+    config.model.block_out_channels = (8, 8)
+    config.model.norm_num_groups = 4
+    config.model.disc_ndf = 4
+    config.training.update(
+        num_steps=num_steps, disc_start=2, warmup_steps=1, checkpoint_every=2, log_every=1
+    )
+    config.eval.update(batch_size=120, num_bpd_examples=120)
+    return config
+
+
+def test_gan_run_resumes_past_disc_start_and_latent_diffusion_loads_its_autoencoder(
+    data_dir, tmp_path, latent_config
+):
+    workdir = str(tmp_path / "gan")
+    devices = jax.devices()[:2]  # Sharded over two: eight fake devices compile far slower.
+    _, state_half, _ = train.train(_tiny_gan_config(data_dir, 2), workdir, devices)
+    _, state, _ = train.train(_tiny_gan_config(data_dir, 4), workdir, devices)  # Resumes.
+    assert set(state.params) == {"autoencoder", "discriminator"} and int(state.step) == 4
+    # Steps 0 and 1 are the warm-up; the resumed steps 2 and 3 train the discriminator.
+    moved = jax.tree.map(
+        lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+        jax.device_get(state_half.params["discriminator"]),
+        jax.device_get(state.params["discriminator"]),
+    )
+    assert moved["conv_0"]["kernel"], moved
+    results = evaluate.evaluate_checkpoint(_tiny_gan_config(data_dir, 4), workdir)
+    assert np.isfinite(results["test/psnr"]) and results["latent/scale"] > 0
+    config = latent_config()
+    config.latent.autoencoder_workdir = workdir
+    latent = latents.load(config, sharding.create_mesh())
+    assert latent.scale == pytest.approx(results["latent/scale"])
+    chex.assert_trees_all_equal(
+        jax.device_get(latent.params), jax.device_get(state.ema_params[0]["autoencoder"])
+    )

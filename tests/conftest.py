@@ -60,9 +60,10 @@ def classifier_path(tmp_path_factory):
     return path
 
 
-def make_autoencoder_workdir(workdir, data_dir, num_steps=1, scale=2.0):
+def make_autoencoder_workdir(workdir, data_dir, num_steps=1, scale=2.0, channel_stats=None):
     """Writes an untrained tiny digits autoencoder's checkpoint (16x16 images -> 8x8x4 latents,
-    f = 2) at step num_steps and a latent_stats.json of that step; returns its config."""
+    f = 2) at step num_steps and a latent_stats.json of that step (with channel_stats = (shift,
+    scale) lists, per-channel statistics too); returns its config."""
     import json
 
     import jax
@@ -83,7 +84,10 @@ def make_autoencoder_workdir(workdir, data_dir, num_steps=1, scale=2.0):
     with checkpointing.managed(str(workdir)) as manager:
         checkpointing.save(manager, num_steps, state, config)
     with open(os.path.join(str(workdir), "latent_stats.json"), "w") as f:
-        json.dump({"step": num_steps, "scale": scale, "mean": 0.0}, f)
+        stats = {"step": num_steps, "scale": scale, "mean": 0.0}
+        if channel_stats is not None:
+            stats["channel_shift"], stats["channel_scale"] = map(list, channel_stats)
+        json.dump(stats, f)
     return config
 
 

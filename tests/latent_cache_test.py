@@ -130,3 +130,26 @@ def test_text_batches_caption_each_row_by_its_label_and_training_template():
     expected = captions.captions(cached.label, 3, "train")  # Row r's caption, fixed by (3, r).
     assert text_encoder.detokenize(batch["tokens"]) == [expected[r] for r in chosen]
     assert batch["tokens"].shape == (8, 32) and batch["tokens"].dtype == np.int32
+
+
+def test_per_channel_cached_latents_have_zero_mean_and_unit_variance(
+    latent_config, data_dir, tmp_path
+):
+    """The autoencoder's eval writes each channel's statistics; the cache's batches use them."""
+    from conftest import make_autoencoder_workdir
+
+    from diffax import evaluate
+
+    workdir = str(tmp_path / "autoencoder")
+    evaluate.evaluate_checkpoint(make_autoencoder_workdir(workdir, data_dir), workdir)
+    config = latent_config()
+    config.latent.autoencoder_workdir = workdir
+    config.latent.normalization = "per_channel"
+    latent = latents.load(config, sharding.create_mesh())
+    cached = latent_cache.build_or_load(latent, "test", str(tmp_path / "cache"), 120)
+    batches = list(latent_cache.eval_iterator(cached, 120, latent.scale, shift=latent.shift))
+    z = np.concatenate([b["image"][b["mask"] > 0] for b in batches]).reshape(-1, 4)
+    assert len(z) == 360 * 8 * 8
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, atol=1e-4)
+    assert np.ptp(latent.shift) > 0 and np.ptp(latent.scale) > 0  # Channels really differ.

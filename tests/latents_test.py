@@ -118,3 +118,38 @@ def test_trainer_of_a_latent_config_trains_on_latent_shapes_and_traces_once(late
         state, metrics = step(state, batch)
     chex.assert_tree_all_finite(metrics)
     assert int(state.step) == 2
+
+
+def test_per_channel_needs_the_channel_stats_in_latent_stats_json(latent_config, mesh):
+    config = latent_config()
+    config.latent.normalization = "per_channel"
+    with pytest.raises(
+        ValueError,
+        match=r"^latent\.normalization='per_channel' needs channel_shift and channel_scale in "
+        r".*latent_stats\.json, which has none .*set latent\.normalization='scalar'\.$",
+    ):
+        latents.load(config, mesh)
+
+
+def test_per_channel_normalise_then_decode_is_decode_of_the_raw_latent(
+    latent_config, mesh, data_dir, tmp_path
+):
+    from conftest import make_autoencoder_workdir
+
+    from diffax import autoencoder
+
+    shift, scale = [0.5, -1.0, 2.0, 0.0], [2.0, 0.5, 1.0, 3.0]
+    make_autoencoder_workdir(tmp_path, data_dir, channel_stats=(shift, scale))
+    config = latent_config()
+    config.latent.autoencoder_workdir = str(tmp_path)
+    config.latent.normalization = "per_channel"
+    latent = latents.load(config, mesh)
+    np.testing.assert_array_equal(latent.shift, shift)
+    np.testing.assert_array_equal(latent.scale, scale)
+    images = jax.random.uniform(jax.random.key(0), (8, 16, 16, 1), minval=-1.0, maxval=1.0)
+    mean, _ = latent.encode(images)
+    z = autoencoder.normalize_latents(mean, latent.scale, latent.shift)
+    raw = latent.model.apply({"params": latent.params}, mean, method=latent.model.decode)
+    np.testing.assert_allclose(
+        latent.decode(np.asarray(z), 8), np.clip(np.asarray(raw), -1, 1), atol=1e-5
+    )

@@ -179,7 +179,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data
     jax.tree.map(np.testing.assert_array_equal, ref_params, params)
 
 
-def test_latent_diffusion_trains_on_a_main_trained_autoencoder_and_decodes_samples(
+def test_latent_diffusion_trains_on_a_main_trained_gan_autoencoder_and_decodes_samples(
     data_dir, tmp_path
 ):
     autoencoder = str(tmp_path / "autoencoder")
@@ -191,11 +191,13 @@ def test_latent_diffusion_trains_on_a_main_trained_autoencoder_and_decodes_sampl
         "--config.training.warmup_steps=1",
         "--config.training.checkpoint_every=2",
         "--config.eval.batch_size=120",
+        "--config.model.disc_ndf=4",  # The GAN (disc_weight 0.5) from step 1: its last step.
+        "--config.training.disc_start=1",
     )
     done = subprocess.run(
         [
             *_command(autoencoder, data_dir, *tiny_autoencoder)[:3],
-            "--config=configs/digits_autoencoder.py",
+            "--config=configs/digits_autoencoder_gan.py",
             *_command(autoencoder, data_dir, *tiny_autoencoder)[4:],
         ],
         cwd=ROOT,
@@ -205,11 +207,17 @@ def test_latent_diffusion_trains_on_a_main_trained_autoencoder_and_decodes_sampl
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    log = open(os.path.join(autoencoder, "diffax.INFO"), errors="replace").read()
+    last = log.split("step 2: ", 1)[1].split("\n", 1)[0]
+    assert float(last.split(" d_loss ")[1].split()[0]) > 0, last  # The discriminator trained.
     with open(os.path.join(autoencoder, "latent_stats.json")) as f:
-        scale = json.load(f)["scale"]
+        stats = json.load(f)
+    scale = stats["scale"]
+    assert len(stats["channel_scale"]) == len(stats["channel_shift"]) == 4
     latent_fields = (
         "--config.latent.autoencoder=workdir",
         f"--config.latent.autoencoder_workdir={autoencoder}",
+        "--config.latent.normalization=per_channel",
         "--config.data.num_channels=4",
         "--config.diffusion.schedule=linear",  # LDM's; at T = 20 its last beta would be 1.
         "--config.diffusion.num_timesteps=40",

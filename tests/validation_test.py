@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from configs import (
     cifar10,
     digits,
+    digits_autoencoder_gan,
     digits_latent,
     digits_text,
     imagenet64,
@@ -208,6 +209,8 @@ def _latent_tiny():
         ("eval.ode_bpd", True, r"eval\.ode_bpd=True dequantizes pixels"),
         ("model.name", "autoencoder_kl", r"model\.name='autoencoder_kl' is not one"),
         ("data.num_channels", 0, r"data\.num_channels=0 must be a positive integer"),
+        ("latent.normalization", "minmax", r"latent\.normalization='minmax' is not one of"),
+        ("training.disc_weight", 0.5, r"training\.disc_weight=0\.5 is an autoencoder's loss"),
     ],
 )
 def test_bad_latent_fields_are_named(field, value, message):
@@ -233,4 +236,38 @@ def test_sd_vae_latents_must_have_its_channels():
     config = imagenet256_dit_xl2.get_config()
     config.data.num_channels = 3
     with pytest.raises(ConfigError, match=r"the SD VAE's latents have 4 channels"):
+        validation.validate_config(config, device_count=8)
+
+
+def test_latent_scale_with_per_channel_normalization_is_refused():
+    config = _latent_tiny()
+    config.latent.normalization = "per_channel"
+    validation.validate_config(config, device_count=8)
+    config.latent.scale = 0.5
+    with pytest.raises(ConfigError, match=r"latent\.scale is set with latent\.normalization="):
+        validation.validate_config(config, device_count=8)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "model.disc_layers",
+            4,
+            r"model\.disc_layers=4 leaves the discriminator no patch .* >= 48",
+        ),
+        ("training.disc_start", -1, r"training\.disc_start=-1 must be"),
+        (
+            "training.lpips_weights",
+            "/no/lpips.npz",
+            r"training\.lpips_weights='/no/lpips\.npz' is not",
+        ),
+    ],
+)
+def test_bad_autoencoder_gan_and_lpips_fields_are_named(field, value, message):
+    config = digits_autoencoder_gan.get_config()
+    config.training.perceptual_weight = 1.0
+    validation.validate_config(config, device_count=8)
+    _set(config, field, value)
+    with pytest.raises(ConfigError, match=message):
         validation.validate_config(config, device_count=8)
