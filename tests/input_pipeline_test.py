@@ -30,6 +30,23 @@ def _take(iterator, n: int) -> list[dict[str, np.ndarray]]:
     return [next(iterator) for _ in range(n)]
 
 
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Returns a list that grows by one for every example the TFDS source reads from now on."""
+    read = []
+    real_read = input_pipeline._TfdsSource.read
+
+    def counting_read(self, *args, **kwargs):
+        def count(example):
+            tick = tf.py_function(lambda: read.append(1) or 0, [], tf.int32)
+            with tf.control_dependencies([tick]):
+                return {k: tf.identity(v) for k, v in example.items()}
+
+        return real_read(self, *args, **kwargs).map(count)
+
+    monkeypatch.setattr(input_pipeline._TfdsSource, "read", counting_read)
+    return read
+
+
 def _levels(images: np.ndarray, num_levels: int) -> np.ndarray:
     """Inverts x = v / (L - 1) * 2 - 1 to the integer level v."""
     return (images + 1.0) / 2.0 * (num_levels - 1)
@@ -109,18 +126,7 @@ def test_start_batch_resumes_the_exact_stream_across_an_epoch_boundary(digits_co
 
 
 def test_cached_examples_give_the_same_stream_and_are_decoded_once(digits_config, monkeypatch):
-    read = []
-    real_read = input_pipeline._TfdsSource.read
-
-    def counting_read(self, *args, **kwargs):
-        def count(example):
-            tick = tf.py_function(lambda: read.append(1) or 0, [], tf.int32)
-            with tf.control_dependencies([tick]):
-                return {k: tf.identity(v) for k, v in example.items()}
-
-        return real_read(self, *args, **kwargs).map(count)
-
-    monkeypatch.setattr(input_pipeline._TfdsSource, "read", counting_read)
+    read = _count_reads(monkeypatch)
     uncached = ml_collections.ConfigDict(digits_config.to_dict())
     uncached.cache_mib = 0
     straight = _take(input_pipeline.create_train_iterator(uncached, 64, seed=0), 50)
@@ -136,18 +142,7 @@ def test_cached_examples_give_the_same_stream_and_are_decoded_once(digits_config
 
 def test_resuming_reads_at_most_about_one_epoch(digits_config, monkeypatch):
     """Resume cost is bounded: 1000 batches of 64 are 44 epochs, yet only one is re-read."""
-    read = []
-    real_read = input_pipeline._TfdsSource.read
-
-    def counting_read(self, *args, **kwargs):
-        def count(example):
-            tick = tf.py_function(lambda: read.append(1) or 0, [], tf.int32)
-            with tf.control_dependencies([tick]):
-                return {k: tf.identity(v) for k, v in example.items()}
-
-        return real_read(self, *args, **kwargs).map(count)
-
-    monkeypatch.setattr(input_pipeline._TfdsSource, "read", counting_read)
+    read = _count_reads(monkeypatch)
     iterator = input_pipeline.create_train_iterator(digits_config, 64, seed=0, start_batch=1000)
     next(iterator)
     epoch = 1437
