@@ -10,8 +10,9 @@ fields. The schedule: DDPM's linear betas, as LDM; latents are not clipped to [-
 sampling, and without that clipping the cosine schedule's last betas (clipped at 0.999) blow eps
 errors up: a first run's latent samples had std 700-5000 against the data's ~1. The EMA rate:
 0.995, not 0.999, whose average after 2000 steps still weighs the initial parameters by
-0.999^2000 = 13% (diffax's EMA has no warm-up); without the clipping that hides this in pixel
-space, such EMA samples were noise where the raw parameters' were clean digits. Samples are
+0.999^2000 = 13% (chosen before `training.ema_warmup`, which digits.py now turns on and this
+config inherits); without the clipping that hides this in pixel space, such EMA samples were
+noise where the raw parameters' were clean digits. Samples are
 decoded to 32x32 images; the digits metrics see them area-averaged to 8x8.
 
     python -m diffax.main --config=configs/digits_autoencoder.py --workdir=A
