@@ -291,3 +291,30 @@ def test_the_pytorch_side_imports_without_jax():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "2.0"
+
+
+def test_the_peers_decoder_on_the_digits_levels_is_diffaxs():
+    """levels_log_likelihood (written for torch) on a NumPy stand-in against diffax's decoder."""
+    import types
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from diffax import distributions
+
+    clamp = lambda p, min: np.maximum(p, min)  # noqa: A006 (torch.clamp's keyword)
+    shim = types.SimpleNamespace(tanh=np.tanh, exp=np.exp, log=np.log, where=np.where, clamp=clamp)
+    rng = np.random.default_rng(0)
+    for levels in (17, 256):
+        x = rng.integers(0, levels, 2000) / (levels - 1) * 2 - 1  # On the grid, both ends too.
+        means = x + rng.normal(0, 0.1, x.shape)
+        log_scales = rng.uniform(-4, -1, x.shape)
+        ours = peer_benchmark.levels_log_likelihood(shim, levels)(
+            x, means=means, log_scales=log_scales
+        )
+        want = distributions.discretized_gaussian_log_likelihood(
+            jnp.asarray(x), jnp.asarray(means), jnp.asarray(log_scales), num_levels=levels
+        )
+        likely = np.asarray(want) > -10  # Away from the 1e-12 floors, which differ in detail.
+        assert likely.mean() > 0.5
+        np.testing.assert_allclose(ours[likely], np.asarray(want)[likely], rtol=1e-4, atol=1e-5)
