@@ -425,7 +425,8 @@ def evaluate_ode_bpd(config, model, process, mesh, params) -> dict:
 
     @jax.jit
     def sums(params, batch, key):
-        labels = jnp.full_like(batch["label"], num_classes) if num_classes else None
+        # The solver runs one example at a time (batch 1): one null label serves them all.
+        labels = jnp.full((1,), num_classes, jnp.int32) if num_classes else None
         if isinstance(process, diffusion.GaussianDiffusion):
             model_fn = models.model_fn(model, params, labels)
             out = ode_likelihood.discrete_ode_bpd(process, model_fn, batch["image"], key, **options)

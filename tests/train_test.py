@@ -335,6 +335,18 @@ def test_a_continuous_vdm_trains_reports_its_bound_and_samples(tiny_config, tmp_
     assert saved["levels"].shape == (4, 8, 8, 1)
 
 
+def test_the_ode_likelihood_of_a_class_conditional_discrete_model(tiny_config):
+    """The PF-ODE solver runs one example at a time, so the null label is one label (was the
+    batch's: a shape error for every class-conditional model)."""
+    config = tiny_config(**{"eval.num_bpd_examples": 8, "eval.batch_size": 8})
+    config.eval.update(ode_bpd=True, ode_divergence="hutchinson", ode_tolerance=1e-2)
+    trainer = train.Trainer(config)
+    assert trainer.model.num_classes == 10
+    params = evaluate.eval_params(trainer.init(), config)
+    out = evaluate.evaluate_ode_bpd(config, trainer.model, trainer.process, trainer.mesh, params)
+    assert np.isfinite(out["ode_bpd"])
+
+
 def _text_batch(config, seed=0):
     from diffax.datasets import captions
     from diffax.models import text_encoder
