@@ -11,9 +11,13 @@ from absl import app, flags, logging
 
 from diffax.metrics import lpips
 
-_VGG16 = flags.DEFINE_string("vgg16", None, "torchvision vgg16 state dict (.pth).")
-_LIN = flags.DEFINE_string("lin", None, "lpips v0.1 vgg.pth (the lin layers).")
-_OUT = flags.DEFINE_string("out", None, "Output .safetensors or .npz path.")
+
+def define_flags() -> None:
+    """Defines the tool's flags (at run time: importing the module defines none)."""
+    flags.DEFINE_string("vgg16", None, "torchvision vgg16 state dict (.pth).")
+    flags.DEFINE_string("lin", None, "lpips v0.1 vgg.pth (the lin layers).")
+    flags.DEFINE_string("out", None, "Output .safetensors or .npz path.")
+    flags.mark_flags_as_required(["vgg16", "lin", "out"])
 
 
 def convert(vgg16_path: str, lin_path: str, out: str) -> tuple[int, ...]:
@@ -33,10 +37,11 @@ def convert(vgg16_path: str, lin_path: str, out: str) -> tuple[int, ...]:
 def main(argv) -> None:
     """Writes --out from --vgg16 and --lin."""
     del argv
-    widths = convert(_VGG16.value, _LIN.value, _OUT.value)
-    logging.info("Wrote %s (LPIPS-VGG16, widths %s).", _OUT.value, widths)
+    values = flags.FLAGS
+    widths = convert(values.vgg16, values.lin, values.out)
+    logging.info("Wrote %s (LPIPS-VGG16, widths %s).", values.out, widths)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["vgg16", "lin", "out"])
+    define_flags()
     app.run(main)

@@ -24,14 +24,17 @@ from diffax import build, evaluate, input_pipeline, sharding, text_embeddings
 from diffax.datasets import captions
 from diffax.models import text_encoder
 
-config_flags.DEFINE_config_file("config", None, "A text config (configs/digits_text.py).")
-_OUT = flags.DEFINE_string("out", None, "Output path holding {split}, e.g. 'emb/{split}.npz'.")
-_SPLITS = flags.DEFINE_list("splits", None, "Splits to embed (default: train and eval split).")
-_ENCODER_WORKDIR = flags.DEFINE_string(
-    "encoder_workdir", None, "A trained text run whose encoder to use (default: random weights)."
-)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random encoder weights.")
-_DTYPE = flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Stored dtype.")
+
+def define_flags() -> None:
+    """Defines the tool's flags (at run time: importing the module defines none)."""
+    config_flags.DEFINE_config_file("config", None, "A text config (configs/digits_text.py).")
+    flags.DEFINE_string("out", None, "Output path holding {split}, e.g. 'emb/{split}.npz'.")
+    flags.DEFINE_list("splits", None, "Splits to embed (default: train and eval split).")
+    flags.DEFINE_string(
+        "encoder_workdir", None, "A trained text run whose encoder to use (default: random weights)"
+    )
+    flags.DEFINE_integer("seed", 0, "Seed of the random encoder weights.")
+    flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Stored dtype.")
 
 
 def split_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
@@ -76,19 +79,21 @@ def write(path: str, arrays: dict, dtype: str = "float16") -> None:
 
 def main(argv):
     del argv
-    config = flags.FLAGS.config
-    if config is None or not _OUT.value or "{split}" not in _OUT.value:
+    values = flags.FLAGS
+    config, out = values.config, values.out
+    if config is None or not out or "{split}" not in out:
         raise app.UsageError("--config and --out (a path holding {split}) are required.")
     if build.has_stored_embeddings(config) or not build.is_text_conditioned(config):
         raise app.UsageError("--config must be a text config with diffax's encoder.")
-    encoder, params = encoder_params(config, _ENCODER_WORKDIR.value, _SEED.value)
-    splits = _SPLITS.value or [config.data.train_split, config.data.eval_split]
+    encoder, params = encoder_params(config, values.encoder_workdir, values.seed)
+    splits = values.splits or [config.data.train_split, config.data.eval_split]
     for split in dict.fromkeys(text_embeddings.split_name(s) for s in splits):  # Whole splits.
         arrays = embed(encoder, params, split_captions(config, split), config.data.text_length)
-        path = text_embeddings.path_for(_OUT.value, split)
-        write(path, arrays, _DTYPE.value)
+        path = text_embeddings.path_for(out, split)
+        write(path, arrays, values.dtype)
         logging.info("Wrote %s: %s", path, {k: v.shape for k, v in arrays.items()})
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
