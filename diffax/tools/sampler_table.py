@@ -20,19 +20,22 @@ from ml_collections import config_flags
 from diffax import build, evaluate, generate, sharding
 from diffax.metrics import quality
 
-config_flags.DEFINE_config_file("config", None, "The trained model's config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The trained model's workdir.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 400, "Samples per row.")
-_NFES = flags.DEFINE_list("nfes", ["5", "10", "20", "50"], "Model evaluations per sample.")
-_SAMPLERS = flags.DEFINE_list(
-    "samplers", ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun"], "eval.sampler values."
-)
-_CLASSIFIER_WORKDIR = flags.DEFINE_string("classifier_workdir", None, "A noisy classifier.")
-_CLASSIFIER_SCALES = flags.DEFINE_list("classifier_scales", ["0", "1", "2", "4"], "Scales s.")
-_CLASSIFIER_SAMPLER = flags.DEFINE_string("classifier_sampler", "ddpm", "Sampler for those rows.")
-_CLASSIFIER_STEPS = flags.DEFINE_integer("classifier_steps", 100, "Its respaced steps.")
-_OUT = flags.DEFINE_string("out", None, "Also write the rows as JSON here.")
-_FULL_CHAIN = flags.DEFINE_bool("full_chain", True, "Include DDPM over every step (the slowest).")
+
+def define_flags() -> None:
+    """Defines the tool's flags (when run: importing the module defines none)."""
+    config_flags.DEFINE_config_file("config", None, "The trained model's config.")
+    flags.DEFINE_string("workdir", None, "The trained model's workdir.")
+    flags.DEFINE_integer("num_samples", 400, "Samples per row.")
+    flags.DEFINE_list("nfes", ["5", "10", "20", "50"], "Model evaluations per sample.")
+    flags.DEFINE_list(
+        "samplers", ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun"], "eval.sampler values."
+    )
+    flags.DEFINE_string("classifier_workdir", None, "A noisy classifier.")
+    flags.DEFINE_list("classifier_scales", ["0", "1", "2", "4"], "Scales s.")
+    flags.DEFINE_string("classifier_sampler", "ddpm", "Sampler for those rows.")
+    flags.DEFINE_integer("classifier_steps", 100, "Its respaced steps.")
+    flags.DEFINE_string("out", None, "Also write the rows as JSON here.")
+    flags.DEFINE_bool("full_chain", True, "Include DDPM over every step (the slowest).")
 
 
 def _steps_for(sampler: str, nfe: int) -> int:
@@ -48,7 +51,7 @@ def measure(config, params, mesh, num_samples: int, classifier=None) -> dict:
     samples = generator.generate(params, num_samples, seed=1)
     seconds = time.perf_counter() - start
     classifier_path = config.eval.classifier_path or os.path.join(
-        _WORKDIR.value, "digits_classifier"
+        flags.FLAGS.workdir, "digits_classifier"
     )
     metrics = quality.digits_quality(
         samples, generator.labels(num_samples), classifier_path, config.data.num_levels
@@ -75,17 +78,20 @@ def main(argv) -> None:
     del argv
     config = flags.FLAGS.config
     mesh = sharding.create_mesh()
-    params, _ = evaluate.restore_eval_params(config, _WORKDIR.value, mesh)
+    params, _ = evaluate.restore_eval_params(config, flags.FLAGS.workdir, mesh)
     rows, full = [], None
-    if _FULL_CHAIN.value:
+    if flags.FLAGS.full_chain:
         setting = _with(config, sampler="ddpm", sample_steps=0)
-        full = measure(setting, params, mesh, _NUM_SAMPLES.value)
+        full = measure(setting, params, mesh, flags.FLAGS.num_samples)
         rows.append({"sampler": "ddpm (every step)", **full})
-    for nfe in map(int, _NFES.value):
-        for sampler in _SAMPLERS.value:
+    for nfe in map(int, flags.FLAGS.nfes):
+        for sampler in flags.FLAGS.samplers:
             steps = _steps_for(sampler, nfe)
             row = measure(
-                _with(config, sampler=sampler, sample_steps=steps), params, mesh, _NUM_SAMPLES.value
+                _with(config, sampler=sampler, sample_steps=steps),
+                params,
+                mesh,
+                flags.FLAGS.num_samples,
             )
             rows.append({"sampler": sampler, **row})
             print(json.dumps(rows[-1]), flush=True)
@@ -99,19 +105,19 @@ def main(argv) -> None:
     if rows:
         floor = rows[-1]["digits_fd_floor"]
         print(f"(FD floor, real train digits at this sample size: {floor:.2f})")
-    if _CLASSIFIER_WORKDIR.value:
+    if flags.FLAGS.classifier_workdir:
         guided = []
-        for scale in map(float, _CLASSIFIER_SCALES.value):
+        for scale in map(float, flags.FLAGS.classifier_scales):
             setting = _with(
                 config,
-                sampler=_CLASSIFIER_SAMPLER.value,
-                sample_steps=_CLASSIFIER_STEPS.value,
+                sampler=flags.FLAGS.classifier_sampler,
+                sample_steps=flags.FLAGS.classifier_steps,
                 guidance_scale=-1.0,  # The unconditional model: the null class.
                 classifier_scale=scale,
-                classifier_workdir=_CLASSIFIER_WORKDIR.value,
+                classifier_workdir=flags.FLAGS.classifier_workdir,
             )
             classifier = evaluate.restore_classifier(setting, mesh) if scale else None
-            row = measure(setting, params, mesh, _NUM_SAMPLES.value, classifier)
+            row = measure(setting, params, mesh, flags.FLAGS.num_samples, classifier)
             guided.append({"classifier_scale": scale, **row})
             print(json.dumps(guided[-1]), flush=True)
         print("| classifier scale s | digits FD | class accuracy |")
@@ -122,11 +128,12 @@ def main(argv) -> None:
                 f"{100 * row['digits_class_accuracy']:.1f}% |"
             )
         rows += guided
-    if _OUT.value and jax.process_index() == 0:
-        with open(_OUT.value, "w") as f:
+    if flags.FLAGS.out and jax.process_index() == 0:
+        with open(flags.FLAGS.out, "w") as f:
             json.dump(rows, f, indent=2)
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

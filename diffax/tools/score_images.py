@@ -18,25 +18,26 @@ from diffax.datasets import digits as digits_lib
 from diffax.datasets import image_folder
 from diffax.metrics import quality, reference
 
-_IMAGES = flags.DEFINE_string("images", None, ".npz of images or a folder of image files.")
-_REFERENCE = flags.DEFINE_string(
-    "reference", None, "FID reference: .npz of statistics (mu, sigma) or of images."
-)
-_INCEPTION_WEIGHTS = flags.DEFINE_string(
-    "inception_weights", None, "FID Inception-v3 .npz (see diffax.metrics.inception)."
-)
-_DIGITS = flags.DEFINE_bool("digits", False, "8x8 digits: classifier FD and class accuracy.")
-_CLASSIFIER_PATH = flags.DEFINE_string(
-    "classifier_path",
-    None,
-    "Digits classifier checkpoint (trained and saved there if absent; default: beside the digits "
-    "data, <TFDS data_dir>/diffax/digits_classifier).",
-)
-_IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", None, "Folder images: side (default: the first's)."
-)
-_NUM_CHANNELS = flags.DEFINE_enum("num_channels", None, ["1", "3"], "Folder images: channels.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Inception batch size.")
+
+def define_flags() -> None:
+    """Defines the tool's flags (when run: importing the module defines none)."""
+    flags.DEFINE_string("images", None, ".npz of images or a folder of image files.")
+    flags.DEFINE_string(
+        "reference", None, "FID reference: .npz of statistics (mu, sigma) or of images."
+    )
+    flags.DEFINE_string(
+        "inception_weights", None, "FID Inception-v3 .npz (see diffax.metrics.inception)."
+    )
+    flags.DEFINE_bool("digits", False, "8x8 digits: classifier FD and class accuracy.")
+    flags.DEFINE_string(
+        "classifier_path",
+        None,
+        "Digits classifier checkpoint (trained and saved there if absent; default: beside the "
+        "digits data, <TFDS data_dir>/diffax/digits_classifier).",
+    )
+    flags.DEFINE_integer("image_size", None, "Folder images: side (default: the first's).")
+    flags.DEFINE_enum("num_channels", None, ["1", "3"], "Folder images: channels.")
+    flags.DEFINE_integer("batch_size", 50, "Inception batch size.")
 
 
 def folder_images(folder: str, image_size: int | None, num_channels: int):
@@ -89,18 +90,19 @@ def main(argv) -> None:
     """Prints the metrics of --images as JSON."""
     del argv
     metrics = score(
-        _IMAGES.value,
-        digits=_DIGITS.value,
-        classifier_path=_CLASSIFIER_PATH.value,
-        inception_weights=_INCEPTION_WEIGHTS.value,
-        reference_path=_REFERENCE.value,
-        image_size=_IMAGE_SIZE.value,
-        num_channels=int(_NUM_CHANNELS.value) if _NUM_CHANNELS.value else None,
-        batch_size=_BATCH_SIZE.value,
+        flags.FLAGS.images,
+        digits=flags.FLAGS.digits,
+        classifier_path=flags.FLAGS.classifier_path,
+        inception_weights=flags.FLAGS.inception_weights,
+        reference_path=flags.FLAGS.reference,
+        image_size=flags.FLAGS.image_size,
+        num_channels=int(flags.FLAGS.num_channels) if flags.FLAGS.num_channels else None,
+        batch_size=flags.FLAGS.batch_size,
     )
     print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flag_as_required("images")
     app.run(main)
