@@ -364,34 +364,18 @@ class Generator:
                 rows = all_tokens[i : i + self.batch_size]
                 rows = np.resize(rows, (self.batch_size, rows.shape[1]))  # Rows repeat.
                 tokens = jax.device_put(rows, sharding.batch_sharding(self.mesh))
+            args = (params, key, global_labels, self.classifier_params, cond)
+            inputs = {"tokens": tokens, "context": context}
             if chain_frames and i == 0:
                 every = max(1, self.num_steps // chain_frames)
                 if every not in self._chains:
                     self._chains[every] = jax.jit(
                         functools.partial(self._sample_batch, return_every=every)
                     )
-                batch, steps = self._chains[every](
-                    params,
-                    key,
-                    global_labels,
-                    self.classifier_params,
-                    cond,
-                    tokens=tokens,
-                    context=context,
-                )
+                batch, steps = self._chains[every](*args, **inputs)
                 images = sharding.to_host(batch)
                 chain = np.concatenate([sharding.to_host(steps), images[None]])[:, : len(chunk)]
             else:
-                images = sharding.to_host(
-                    self._sample(
-                        params,
-                        key,
-                        global_labels,
-                        self.classifier_params,
-                        cond,
-                        tokens=tokens,
-                        context=context,
-                    )
-                )
+                images = sharding.to_host(self._sample(*args, **inputs))
             batches.append(images[: len(chunk)])
         return np.concatenate(batches)[:num_samples], chain
