@@ -4,14 +4,15 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
 
 def tree_all_finite(tree: Any) -> jax.Array:
     """Returns a scalar bool: every element of every leaf is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+    flat = jax.flatten_util.ravel_pytree(tree)[0]
+    return jnp.all(jnp.isfinite(flat))
 
 
 class TrainState(flax.struct.PyTreeNode):

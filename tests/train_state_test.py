@@ -66,3 +66,14 @@ def test_ema_warmup_uses_the_num_updates_decay_and_reaches_the_rate():
                 ema[k] = decay * ema[k] + (1 - decay) * expected_params[k]
     for got, want in zip(state.ema_params, expected_ema, strict=True):
         np.testing.assert_allclose(got["w"], want["w"], rtol=1e-5)
+
+
+def test_finite_check_is_one_reduction_not_copied_into_each_update():
+    # The old per-leaf test (an and-chain over the leaves) was fused into every select of the
+    # update, so the compiled step grew with leaves x consumers: 19 s of the digits step's compile.
+    params = {f"w{i}": jnp.full((8, 4 + i), 0.1) for i in range(24)}
+    state = TrainState.create(params, optax.adam(0.1), (0.9,), jax.random.PRNGKey(0))
+    hlo = jax.jit(lambda s, g: s.apply_gradients(g)).lower(state, params).compile().as_text()
+    assert hlo.count(" and(") < 24
+    bad = dict(params, w23=params["w23"].at[7, 3].set(jnp.inf))
+    assert int(state.apply_gradients(bad).skipped) == 1
