@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.flatten_util
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -100,3 +101,28 @@ def to_host(x: jax.Array) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
+
+
+def data_parallel(grads_fn: Any, mesh: Mesh) -> Any:
+    """Runs grads_fn(params, batch, key) -> ((loss, per-example aux), grads) on each device's
+    share of the batch and averages the gradients with one all-reduce of one flat vector.
+
+    XLA's CPU runtime all-reduces a combined tuple one leaf at a time, a rendezvous of the
+    devices per leaf (128 for the digits U-Net: 7-10 ms of a 104 ms step); one vector meets once.
+    Each device folds its index into the key, so its dropout masks are its own. Parameters split
+    over `fsdp` keep the partitioner's reductions: grads_fn is returned as it is.
+    """
+    if mesh.shape[FSDP] != 1 or mesh.shape[DATA] == 1:
+        return grads_fn
+
+    def local(params, batch, key):
+        key = jax.random.fold_in(key, jax.lax.axis_index(DATA))
+        # Varying parameters: the gradients stay per device (no per-leaf psum) until the mean.
+        params = jax.lax.pcast(params, DATA, to="varying")
+        (loss, aux), grads = grads_fn(params, batch, key)
+        flat, unravel = jax.flatten_util.ravel_pytree(grads)
+        return (jax.lax.pmean(loss, DATA), aux), unravel(jax.lax.pmean(flat, DATA))
+
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(DATA), P()), out_specs=((P(), P(DATA)), P())
+    )

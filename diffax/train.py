@@ -45,6 +45,7 @@ def train_step(
     importance_sampling: bool,
     grad_accum_steps: int = 1,
     conditioning_fn: Callable[[jax.Array, jax.Array], dict] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a global batch {"image": [B, H, W, C], "label": [B]} (and "tokens"
     [B, L] for a text-conditioned model, or "context" [B, L, D] and "context_mask" [B, L] for one
@@ -52,7 +53,8 @@ def train_step(
 
     label_dropout is the chance a label becomes the null class, or a caption the empty one;
     conditioning_fn(images, key) makes the backbone's further inputs from the batch (see
-    build.conditioning_fn; super-resolution's low-resolution copies, inpainting's masks).
+    build.conditioning_fn; super-resolution's low-resolution copies, inpainting's masks). With a
+    data-parallel mesh the gradients are computed per device (sharding.data_parallel).
     """
     images, labels = batch["image"], batch["label"]
     tokens = batch.get("tokens")
@@ -117,27 +119,10 @@ def train_step(
         return jnp.mean(terms["loss"] * w), terms
 
     micro = (images, t, noise, labels, weights, tokens, context, cond)
-    if grad_accum_steps == 1:
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, (*micro, dropout_key)
-        )
-    else:
-        # Micro-batches run one after another in a scan; gradients are averaged.
-        split = lambda x: x.reshape(grad_accum_steps, batch_size // grad_accum_steps, *x.shape[1:])
-        micro = jax.tree.map(split, micro)
-        rngs = jax.random.split(dropout_key, grad_accum_steps)
-
-        def accumulate(grad_sum, inputs):
-            (loss_i, terms_i), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(
-                state.params, inputs
-            )
-            return jax.tree.map(jnp.add, grad_sum, grads_i), (loss_i, terms_i)
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grads, (losses, terms) = jax.lax.scan(accumulate, zeros, (*micro, rngs))
-        grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
-        loss = jnp.mean(losses)
-        terms = jax.tree.map(lambda x: x.reshape(batch_size), terms)
+    grads_fn = functools.partial(_loss_and_grads, loss_fn, grad_accum_steps=grad_accum_steps)
+    if mesh is not None:
+        grads_fn = sharding.data_parallel(grads_fn, mesh)
+    (loss, terms), grads = grads_fn(state.params, micro, dropout_key)
 
     sampler_state = state.sampler_state
     if importance_sampling:
@@ -149,7 +134,33 @@ def train_step(
     return new_state, step_metrics(loss, terms, grads, new_state)
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process) -> Callable:
+def _loss_and_grads(loss_fn, params, micro, dropout_key, *, grad_accum_steps: int):
+    """Returns ((mean loss, per-example terms), gradients) of loss_fn over micro's examples; with
+    grad_accum_steps > 1 the micro-batches run one after another in a scan."""
+    if grad_accum_steps == 1:
+        return jax.value_and_grad(loss_fn, has_aux=True)(params, (*micro, dropout_key))
+    batch_size = micro[0].shape[0]
+    split = lambda x: x.reshape(grad_accum_steps, batch_size // grad_accum_steps, *x.shape[1:])
+    micro = jax.tree.map(split, micro)
+    rngs = jax.random.split(dropout_key, grad_accum_steps)
+
+    def accumulate(grad_sum, inputs):
+        (loss_i, terms_i), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(params, inputs)
+        return jax.tree.map(jnp.add, grad_sum, grads_i), (loss_i, terms_i)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (losses, terms) = jax.lax.scan(accumulate, zeros, (*micro, rngs))
+    grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+    terms = jax.tree.map(lambda x: x.reshape(batch_size), terms)
+    return (jnp.mean(losses), terms), grads
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    process,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Callable:
     """Returns the config's pure step(state, batch) -> (state, metrics): the denoiser's, or
     `classifier.train_step` for a noisy classifier, `autoencoder.train_step` for an autoencoder."""
     if build.is_classifier(config):
@@ -198,6 +209,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, process
         importance_sampling=config.diffusion.timestep_sampler == "loss_second_moment",
         grad_accum_steps=config.training.grad_accum_steps,
         conditioning_fn=build.conditioning_fn(config, train=True),
+        mesh=mesh,
     )
 
 
@@ -220,7 +232,7 @@ class Trainer:
             config, self.model, self.tx, self.mesh
         )
         self.batch_sharding = sharding.batch_sharding(self.mesh)
-        step = make_train_step(config, self.model, self.process)
+        step = make_train_step(config, self.model, self.process, self.mesh)
         self.train_step = jax.jit(
             step,
             in_shardings=(self.state_shardings, self.batch_sharding),

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import re
 
 import chex
 import jax
@@ -117,6 +118,44 @@ def test_eight_device_step_matches_one_device_step():
         assert trainer.mesh.size == len(devices)
         results.append(_run_steps(trainer, config, 2))
     _assert_same_training(*results)
+
+
+def test_data_parallel_averages_each_devices_gradients_drawn_with_its_own_key():
+    mesh = sharding.create_mesh()
+    n = mesh.shape[sharding.DATA]
+    assert n > 1
+
+    def grads_fn(params, batch, key):  # A draw from the key in the loss, aux and gradients.
+        u = jax.random.uniform(key, ())
+        loss = jnp.mean(batch * params["w"][0]) + u
+        return (loss, batch + u), {"w": jnp.mean(batch) * params["w"] + u, "b": jnp.sum(batch)}
+
+    params = {"w": jnp.array([1.0, 2.0, 3.0]), "b": jnp.zeros(())}
+    batch = jnp.arange(4.0 * n)
+    key = jax.random.PRNGKey(3)
+    (loss, aux), grads = jax.jit(sharding.data_parallel(grads_fn, mesh))(params, batch, key)
+    # Independently: each device's four examples with fold_in(key, device), then the mean.
+    parts = [
+        grads_fn(params, batch[4 * i : 4 * i + 4], jax.random.fold_in(key, i)) for i in range(n)
+    ]
+    np.testing.assert_allclose(loss, np.mean([p[0][0] for p in parts]), rtol=1e-6)
+    np.testing.assert_allclose(aux, np.concatenate([p[0][1] for p in parts]), rtol=1e-6)
+    for name in grads:
+        want = np.mean([p[1][name] for p in parts], axis=0)
+        np.testing.assert_allclose(grads[name], want, rtol=1e-6)
+    assert len({float(p[0][1][0] - batch[4 * i]) for i, p in enumerate(parts)}) == n
+
+
+def test_the_step_all_reduces_the_gradients_as_one_flat_vector():
+    # XLA's CPU runtime meets the devices once per all-reduce operand (7-10 ms of the digits step
+    # with one per parameter leaf); the data-parallel step sends one vector (and scalar metrics).
+    config = tiny.get_config()
+    trainer = train.Trainer(config)
+    hlo = trainer.compile(config.training.batch_size).as_text()
+    results = re.findall(r"= (\(.*?\)|\S+) all-reduce(?:-start)?\(", hlo)
+    operands = [shape for result in results for shape in re.findall(r"\w+\[[\d,]*\]", result)]
+    num_params = models.count_params(trainer.abstract_state.params)
+    assert [shape for shape in operands if shape != "f32[]"] == [f"f32[{num_params}]"]
 
 
 def test_fsdp_sharded_parameters_train_like_replicated_ones():
