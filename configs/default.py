@@ -68,6 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
     model.text_width = 128  # Token width D of the context (data.text_embeddings: the stored one).
     model.text_depth = 2  # Text encoder: transformer blocks.
     model.text_heads = 4  # Text encoder: attention heads (divides text_width).
+    # The caption's mean token also joins the timestep embedding (DiT: adaLN's c), as Imagen's
+    # pooled text embedding (Saharia et al. 2022, sec. 2.4); False: cross-attention only (LDM).
+    model.text_pool = True
+    model.text_positions = "learned"  # Text encoder: "learned" position table, or "none".
     # DiT (model.name = "dit"; Peebles & Xie 2023) also reads num_heads, class_cond, dtype, remat.
     model.patch_size = 2  # DiT: side of the square patches that become tokens; divides image_size.
     model.hidden_size = 384  # DiT: token width D (DiT-S; a multiple of 4 and of num_heads).

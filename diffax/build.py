@@ -44,6 +44,7 @@ def _unet(config: ml_collections.ConfigDict, out_channels: int) -> unet.UNet:
         fourier_features=tuple(m.fourier_features),
         concat_cond=is_super_resolution(config) or is_inpainting(config),
         level_cond=is_super_resolution(config),
+        pool_context=is_text_conditioned(config) and m.text_pool,
     )
 
 
@@ -62,6 +63,7 @@ def _dit(config: ml_collections.ConfigDict, out_channels: int) -> dit.DiT:
         remat=m.remat,
         concat_cond=is_super_resolution(config) or is_inpainting(config),
         level_cond=is_super_resolution(config),
+        pool_context=is_text_conditioned(config) and m.text_pool,
     )
 
 
@@ -263,6 +265,7 @@ def _text_encoder(config: ml_collections.ConfigDict) -> text_encoder.TextEncoder
         width=m.text_width,
         depth=m.text_depth,
         num_heads=m.text_heads,
+        positions=m.text_positions,
         dtype=jnp.dtype(m.dtype),
     )
 

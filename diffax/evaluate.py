@@ -600,6 +600,8 @@ def evaluate_params(
                     input_pipeline.eval_split_images,
                     config.data if latent is None else latent.image_data,
                 ),
+                # Held-out prompts: the accuracy of each template too.
+                groups=None if image_task else generator.prompt_templates(len(samples)),
             )
         )
     if not image_task:

@@ -292,6 +292,12 @@ class Generator:
             return [self.prompt] * num_samples
         return captions.captions(self.labels(num_samples), self.config.seed, "test")
 
+    def prompt_templates(self, num_samples: int) -> np.ndarray | None:
+        """Returns the held-out template index of each sample's prompt (None with one prompt)."""
+        if not self.text or self.prompt is not None:
+            return None
+        return captions.template_indices(self.config.seed, num_samples, "test")
+
     def generate(
         self,
         params,

@@ -15,6 +15,7 @@ from diffax.datasets import captions
 from diffax.models import dit, layers, unet
 
 DTYPES = ("float32", "bfloat16", "float16")
+TEXT_POSITIONS = ("learned", "none")  # model.text_positions: the text encoder's position code.
 
 
 class ConfigError(ValueError):
@@ -263,6 +264,11 @@ def _validate_text(config: ml_collections.ConfigDict) -> None:
     _positive_int(m.text_width, "model.text_width")
     _positive_int(m.text_depth, "model.text_depth")
     _positive_int(m.text_heads, "model.text_heads")
+    if m.text_positions not in TEXT_POSITIONS:
+        raise ConfigError(
+            f"model.text_positions={m.text_positions!r} must be one of "
+            f"{', '.join(map(repr, TEXT_POSITIONS))}."
+        )
     if m.text_width % m.text_heads:
         raise ConfigError(
             f"model.text_heads={m.text_heads} must divide model.text_width={m.text_width}."

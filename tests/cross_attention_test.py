@@ -104,3 +104,54 @@ def test_dit_block_with_cross_attention_is_identity_at_init_and_ignores_masked_t
     chex.assert_shape(out, (BATCH, 8, 8, 2))
     chex.assert_trees_all_close(out, apply(params, _with_new_padding(_context())), atol=1e-5)
     assert not np.allclose(out, apply(params, _context(seed=1)), atol=1e-4)
+
+
+def test_pooled_context_is_the_mean_of_the_valid_tokens_and_zero_without_any():
+    context = _context()
+    pooled = cross_attention.pooled_context(context, MASK)
+    want = [np.mean(np.asarray(context[b])[np.asarray(MASK[b])], axis=0) for b in range(BATCH)]
+    np.testing.assert_allclose(pooled, np.stack(want), rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(
+        cross_attention.pooled_context(_with_new_padding(context), MASK), pooled
+    )
+    none = jnp.zeros_like(MASK)
+    np.testing.assert_array_equal(cross_attention.pooled_context(context, none), 0.0)
+
+
+def _pooling_models():
+    unet_model = UNet(
+        out_channels=2,
+        ch=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        num_head_channels=32,
+        pool_context=True,
+    )
+    dit_model = dit.DiT(
+        out_channels=2, patch_size=2, hidden_size=32, depth=2, num_heads=2, pool_context=True
+    )
+    return unet_model, dit_model
+
+
+def test_pooled_context_reaches_the_timestep_embedding_and_ignores_masked_tokens():
+    x = jax.random.normal(jax.random.key(1), (BATCH, 8, 8, 1))
+    t = jnp.array([3, 400])
+    for model in _pooling_models():
+        params = model.init(jax.random.key(0), x, t, context=_context(), context_mask=MASK)
+        params = _perturb(params["params"])
+        assert "context_embed" in params
+        apply = jax.jit(
+            lambda p, c, m=model: m.apply({"params": p}, x, t, context=c, context_mask=MASK)
+        )
+        out = apply(params, _context())
+        chex.assert_trees_all_close(out, apply(params, _with_new_padding(_context())), atol=1e-5)
+        # Only the pooled path left: zero every cross-attention output; the context still counts.
+        alone = jax.tree_util.tree_map_with_path(
+            lambda path, a: a * 0 if "cross_attn" in jax.tree_util.keystr(path) else a, params
+        )
+        assert not np.allclose(apply(alone, _context()), apply(alone, _context(seed=1)), atol=1e-4)
+        no_pool = dict(alone, context_embed=jax.tree.map(jnp.zeros_like, alone["context_embed"]))
+        chex.assert_trees_all_close(
+            apply(no_pool, _context()), apply(no_pool, _context(seed=1)), atol=1e-5
+        )

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from configs import digits_dit, imagenet256_dit_xl2
+from configs import digits_dit, digits_dit_text, imagenet256_dit_xl2
 from diffax import build, train, validation
 from diffax.models import count_params, dit
 from diffax.tools import flops
@@ -348,6 +348,17 @@ def test_digits_dit_config_validates_builds_and_lowers_a_train_step():
     trainer.train_step.lower(
         trainer.abstract_state, trainer.abstract_batch(config.training.batch_size)
     )
+
+
+def test_digits_dit_text_config_builds_a_dit_that_cross_attends_and_pools_the_caption():
+    config = digits_dit_text.get_config()
+    validation.validate_config(config, device_count=jax.device_count())
+    model = build.create_model(config)
+    assert isinstance(model.denoiser, dit.DiT) and model.denoiser.pool_context
+    params = jax.eval_shape(lambda r: build.init_params(r, model, config), jax.random.key(0))
+    denoiser = params["denoiser"]
+    assert "context_embed" in denoiser and "cross_attn" in denoiser["block_5"]
+    assert set(params) == {"denoiser", "encoder"}
 
 
 def test_imagenet256_dit_xl2_config_builds_the_paper_model():

@@ -55,6 +55,22 @@ def test_real_digits_score_near_the_floor_and_are_classified(classifier_path, di
     assert "digits_class_accuracy" not in identical
 
 
+def test_accuracy_within_groups_counts_each_groups_samples_only(classifier_path, digits_split):
+    _, _, test_images, test_labels = digits_split
+    images, labels = test_images[:100], test_labels[:100].copy()
+    labels[:20] = (labels[:20] + 1) % 10  # Group 0's first 20 of 50 samples name another digit.
+    groups = np.repeat([0, 1], 50)
+    results = quality.digits_quality(images, labels, classifier_path, groups=groups)
+    right = quality.digits_quality(images, test_labels[:100], classifier_path, groups=groups)
+    assert right["digits_class_accuracy_1"] == results["digits_class_accuracy_1"]
+    shift = right["digits_class_accuracy_0"] - results["digits_class_accuracy_0"]
+    assert 0.3 <= shift <= 0.4 + 1e-9  # The 20 relabelled of 50: at most 0.4, some were wrong.
+    mean = (results["digits_class_accuracy_0"] + results["digits_class_accuracy_1"]) / 2
+    assert results["digits_class_accuracy"] == pytest.approx(mean)
+    with pytest.raises(ValueError, match="groups"):
+        quality.digits_quality(images, labels, classifier_path, groups=groups[:10])
+
+
 def test_noise_scores_far_above_the_floor_at_chance_accuracy(classifier_path):
     noise = np.random.default_rng(2).uniform(-1, 1, size=(300, 8, 8, 1)).astype(np.float32)
     labels = np.arange(300) % 10

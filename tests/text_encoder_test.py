@@ -34,6 +34,24 @@ def test_encoder_output_at_real_tokens_does_not_depend_on_the_padding_length():
     chex.assert_trees_all_close(out_short[:, :6], out_long[:, :6], atol=1e-5)
 
 
+def test_without_positions_the_encoder_has_no_position_table_and_bad_values_fail():
+    tokens = jnp.asarray(text_encoder.tokenize(["a seven"], 24))
+    encoder = text_encoder.TextEncoder(max_length=24, width=32, depth=2, positions="none")
+    params = encoder.init(jax.random.key(0), tokens)["params"]
+    assert (
+        "pos_embed" not in params
+        and "pos_embed"
+        in text_encoder.TextEncoder(max_length=24, width=32).init(jax.random.key(0), tokens)[
+            "params"
+        ]
+    )
+    chex.assert_shape(encoder.apply({"params": params}, tokens), (1, 24, 32))
+    with pytest.raises(ValueError, match="positions"):
+        text_encoder.TextEncoder(max_length=24, width=32, positions="rotary").init(
+            jax.random.key(0), tokens
+        )
+
+
 @pytest.fixture(scope="module")
 def text_model():
     model = text_encoder.TextConditioned(

@@ -74,6 +74,7 @@ INVALID_TEXT = [
     ("model.text_width", 0),
     ("model.text_depth", -2),
     ("model.text_heads", 3),  # Does not divide text_width.
+    ("model.text_positions", "rotary"),
     ("model.class_cond", True),
     ("model.name", "noisy_classifier"),
     ("diffusion.kind", "continuous"),

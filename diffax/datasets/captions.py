@@ -25,6 +25,13 @@ TRAIN_TEMPLATES = (
     "a {word} drawn in pencil",
     "the number {word} on paper",
     "{numeral} in ink",
+    # Words that contain a digit's name ("stone" and "phone" hold "one", "weight" "eight",
+    # "network" "two", "ninety" "nine"): a byte-level encoder must not read a digit in a substring.
+    "a {word} carved in stone",
+    "{numeral} on a phone screen",
+    "the weight of a {word}",
+    "a {word} on the network",
+    "{numeral} tilted ninety degrees",
 )
 HELDOUT_TEMPLATES = (
     "a sketch of the digit {word}",

@@ -38,8 +38,11 @@ def digits_quality(
     labels: np.ndarray | None,
     classifier_path: str,
     num_levels: int = 17,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Returns {"digits_fd", "digits_fd_test_vs_train", "digits_class_accuracy" (with labels)}.
+    """Returns {"digits_fd", "digits_fd_test_vs_train", "digits_class_accuracy" (with labels)};
+    with groups [N] ints (e.g. each sample's prompt template) also the accuracy within each group
+    g as "digits_class_accuracy_{g}".
 
     digits_fd: Fréchet distance (squared feature units, float64 statistics) between classifier
     features of the N samples [N, 8, 8, 1] and of the 360 test digits. digits_fd_test_vs_train:
@@ -78,6 +81,13 @@ def digits_quality(
             raise ValueError(f"{labels.shape[0]} labels for {samples.shape[0]} samples")
         predicted = np.argmax(sample_logits, axis=-1)  # [N]
         results["digits_class_accuracy"] = float(np.mean(predicted == labels))
+        if groups is not None:
+            groups = np.asarray(groups).reshape(-1)
+            if groups.shape != labels.shape:
+                raise ValueError(f"{groups.shape[0]} groups for {labels.shape[0]} samples")
+            for g in np.unique(groups):
+                hit = predicted[groups == g] == labels[groups == g]
+                results[f"digits_class_accuracy_{int(g)}"] = float(np.mean(hit))
     return results
 
 
@@ -210,8 +220,10 @@ def quality_metrics(
     labels: np.ndarray | None,
     workdir: str,
     eval_images_fn: reference.ImagesFn,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Returns the dataset's quality metrics as plain floats keyed "samples/<metric>".
+    """Returns the dataset's quality metrics as plain floats keyed "samples/<metric>" (groups: see
+    digits_quality).
 
     digits: digits_quality (classifier at eval.classifier_path, default WORKDIR/digits_classifier)
     of the samples brought to 8x8 by `to_digits_size` when larger (decoded latents: 32x32);
@@ -228,7 +240,9 @@ def quality_metrics(
                 "x".join(map(str, samples.shape[1:3])),
             )
         samples = to_digits_size(samples)
-        metrics = digits_quality(samples, labels, classifier_path, config.data.num_levels)
+        metrics = digits_quality(
+            samples, labels, classifier_path, config.data.num_levels, groups=groups
+        )
     elif ev.inception_weights:
 
         def reference_fn(feature_fn):

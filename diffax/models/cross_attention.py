@@ -16,6 +16,18 @@ from diffax.models.layers import attention_heads, group_norm
 Dtype = Any
 
 
+def pooled_context(context: jax.Array, mask: jax.Array) -> jax.Array:
+    """Returns the mean of the valid tokens `[B, D]` of a context `[B, L, D]` with mask `[B, L]`
+    (zeros for a row with none: the stored embeddings' null context), in float32.
+
+    Imagen adds it to the timestep embedding beside cross-attention (Saharia et al. 2022, sec.
+    2.4), so the caption also reaches every residual block as the class label would.
+    """
+    weights = mask.astype(jnp.float32)[..., None]  # [B, L, 1]
+    total = jnp.sum(context.astype(jnp.float32) * weights, axis=1)
+    return total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+
 def masked_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None
 ) -> jax.Array:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffax.models.cross_attention import MultiHeadAttention
+from diffax.models.cross_attention import MultiHeadAttention, pooled_context
 from diffax.models.layers import LevelEmbedding, check_image_cond_inputs, timestep_embedding
 
 Dtype = Any
@@ -211,6 +211,8 @@ class DiT(nn.Module):
     # (super-resolution, inpainting); with level_cond, `aug_level` [B] is embedded like t into c.
     concat_cond: bool = False
     level_cond: bool = False
+    # Given a context, its pooled mean is also added to c where a label would be (Imagen, sec. 2.4).
+    pool_context: bool = False
 
     def _check_inputs(self, x: jax.Array, y: jax.Array | None) -> None:
         """Raises ValueError for inputs or sizes the configured network cannot process."""
@@ -278,6 +280,11 @@ class DiT(nn.Module):
         if self.level_cond:
             c = c + LevelEmbedding(self.hidden_size, TIMESTEP_FREQ_DIM, name="aug_level_embed")(
                 aug_level
+            )
+        if self.pool_context and context is not None:
+            pooled = pooled_context(context, context_mask)  # [B, Dc]
+            c = c + _dense(self.hidden_size, jnp.float32, "context_embed", kernel_init=_embed_init)(
+                pooled
             )
 
         block = nn.remat(DiTBlock) if self.remat else DiTBlock

@@ -68,6 +68,9 @@ class TextEncoder(nn.Module):
     depth: int = 2  # transformer blocks
     num_heads: int = 4
     mlp_ratio: int = 4
+    # "learned": a position table added to the tokens (CLIP's text encoder); "none": order comes
+    # only from the 3-gram convolution, so a word reads the same wherever it sits in the caption.
+    positions: str = "learned"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -75,16 +78,19 @@ class TextEncoder(nn.Module):
         """Returns the float32 context `[B, L, width]`; padding keys get no attention weight."""
         mask = token_mask(tokens)
         h = nn.Embed(VOCAB_SIZE, self.width, name="token_embed")(tokens)  # [B, L, D]
-        pos = self.param(
-            "pos_embed", nn.initializers.normal(0.02), (self.max_length, self.width), jnp.float32
-        )
         # A byte 3-gram convolution (padding zeroed first) gives every block local spelling
         # features that do not depend on where a word sits in the caption.
         h = h * mask[..., None]
         h = h + nn.Conv(self.width, (3,), padding="SAME", dtype=self.dtype, name="ngram_conv")(
             h.astype(self.dtype)
         ).astype(jnp.float32)
-        h = h + pos[None, : tokens.shape[1]]
+        if self.positions == "learned":
+            pos = self.param(
+                "pos_embed", nn.initializers.normal(0.02), (self.max_length, self.width)
+            )
+            h = h + pos[None, : tokens.shape[1]]
+        elif self.positions != "none":
+            raise ValueError(f"positions={self.positions!r} is not 'learned' or 'none'.")
         for i in range(self.depth):
             n = layer_norm(h, f"block_{i}_norm_attn").astype(self.dtype)
             h = h + MultiHeadAttention(self.num_heads, self.dtype, name=f"block_{i}_attn")(

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffax.models.cross_attention import SpatialTransformer
+from diffax.models.cross_attention import SpatialTransformer, pooled_context
 from diffax.models.layers import (
     AttentionBlock,
     Downsample,
@@ -60,6 +60,8 @@ class UNet(nn.Module):
     concat_cond: bool = False
     # ... and a noise-augmentation level `aug_level` [B] is embedded like t (CDM, Imagen).
     level_cond: bool = False
+    # Given a context, its pooled mean is also added to the timestep embedding (Imagen).
+    pool_context: bool = False
 
     def _check_inputs(self, x: jax.Array, y: jax.Array | None) -> None:
         """Raises ValueError for inputs the configured network cannot process."""
@@ -149,6 +151,9 @@ class UNet(nn.Module):
             emb = emb + label_emb(jnp.asarray(y, jnp.int32))  # [B, 4ch]
         if self.level_cond:
             emb = emb + LevelEmbedding(emb_dim, self.ch, name="aug_level_embed")(aug_level)
+        if self.pool_context and context is not None:
+            pooled = pooled_context(context, context_mask)  # [B, D]
+            emb = emb + nn.Dense(emb_dim, param_dtype=jnp.float32, name="context_embed")(pooled)
 
         # Encoder: skips holds every input-block output, consumed in reverse by the decoder.
         # ADM makes the input conv int(channel_mult[0] * ch) wide (ADM-512 starts at 0.5 ch).
