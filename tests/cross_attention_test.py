@@ -66,15 +66,21 @@ def test_spatial_transformer_is_identity_at_init_and_ignores_padding_after_train
     chex.assert_trees_all_close(out, padded, atol=1e-5)  # ...but never reads masked tokens.
 
 
-def test_unet_with_context_has_output_shape_and_ignores_masked_tokens():
-    model = UNet(
+def _small_unet(**kwargs):
+    """Returns a two-level U-Net with a text block at 4x4 and in the middle."""
+    return UNet(
         out_channels=2,
         ch=32,
         channel_mult=(1, 2),
         num_res_blocks=1,
         attention_resolutions=(4,),
         num_head_channels=32,
+        **kwargs,
     )
+
+
+def test_unet_with_context_has_output_shape_and_ignores_masked_tokens():
+    model = _small_unet()
     x = jax.random.normal(jax.random.key(1), (BATCH, 8, 8, 1))
     t = jnp.array([3, 400])
     params = model.init(jax.random.key(0), x, t, context=_context(), context_mask=MASK)["params"]
@@ -119,15 +125,7 @@ def test_pooled_context_is_the_mean_of_the_valid_tokens_and_zero_without_any():
 
 
 def _pooling_models():
-    unet_model = UNet(
-        out_channels=2,
-        ch=32,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(4,),
-        num_head_channels=32,
-        pool_context=True,
-    )
+    unet_model = _small_unet(pool_context=True)
     dit_model = dit.DiT(
         out_channels=2, patch_size=2, hidden_size=32, depth=2, num_heads=2, pool_context=True
     )
