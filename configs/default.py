@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Byte tokens per caption (BOS + UTF-8 bytes + padding); 0: no captions. Digits: captions
     # written from the labels (diffax.datasets.captions).
     data.text_length = 0
+    # Digits captions: False draws a new training template each time an image is read; True
+    # keeps example i's one caption, fixed by (seed, i), as stored embeddings are.
+    data.fixed_captions = False
     # Text embeddings computed outside diffax (CLIP, T5, ...), one .npz per split: a path with
     # "{split}" (diffax.text_embeddings documents the arrays); "" encodes captions in diffax.
     data.text_embeddings = ""

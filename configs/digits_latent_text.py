@@ -4,7 +4,7 @@ configs/digits_latent.py (the frozen f = 4 autoencoder of configs/digits_autoenc
 latents, linear betas, no clipping) with configs/digits_text.py's text conditioning (LDM's
 SpatialTransformer cross-attending to a byte-level encoder trained jointly; Rombach et al. 2022,
 sec. 3.3, the text-to-image LDM's recipe on a laptop scale). Each cached latent's caption is its
-label by a training template fixed by (seed, row); eval draws its prompts from the held-out
+label by a training template drawn afresh for each batch; eval draws its prompts from the held-out
 templates and decodes the samples before the digits classifier reads them.
 
     python -m diffax.main --config=configs/digits_autoencoder.py --workdir=A

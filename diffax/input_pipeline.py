@@ -24,7 +24,6 @@ from diffax import images as images_lib
 from diffax.datasets import captions as captions_lib
 from diffax.datasets import digits as digits_lib
 from diffax.datasets import image_folder as image_folder_lib
-from diffax.models import text_encoder
 
 
 def hide_accelerators_from_tf() -> None:
@@ -284,22 +283,30 @@ def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
 
 
 def _with_caption_tokens(
-    ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, seed: int, epoch_size: int
+    ds: tf.data.Dataset,
+    data_config: ml_collections.ConfigDict,
+    seed: int,
+    epoch_size: int,
+    epoch: tf.Tensor | None = None,
 ) -> tf.data.Dataset:
-    """Returns ds with "tokens" int32 [text_length]: example i's caption by a training template
-    fixed by (seed, i) (diffax.datasets.captions), as byte tokens (models.text_encoder)."""
-    table = np.asarray(
-        text_encoder.tokenize(
-            [c for row in captions_lib.caption_table("train") for c in row],
-            data_config.text_length,
-        )
-    )  # [templates * 10, L]
-    chosen = captions_lib.template_indices(seed, epoch_size, "train")  # [epoch_size]
-    table, chosen = tf.constant(table), tf.constant(chosen)
-    num_digits = len(captions_lib.DIGIT_WORDS)
+    """Returns ds with "tokens" int32 [text_length]: each example's caption from its label by a
+    training template (diffax.datasets.captions), as byte tokens (models.text_encoder).
 
-    def add_tokens(index: tf.Tensor, example: dict) -> dict:
-        row = tf.gather(chosen, index) * num_digits + tf.cast(example["label"], tf.int32)
+    epoch=None: ds's example i always gets template_indices(seed, i). Otherwise the template of
+    the i-th example read in this epoch is drawn afresh, keyed by (seed, epoch, i).
+    """
+    table = tf.constant(captions_lib.token_table(data_config.text_length))  # [templates * 10, L]
+    num_digits, num_templates = len(captions_lib.DIGIT_WORDS), len(captions_lib.TRAIN_TEMPLATES)
+    if epoch is None:
+        fixed = tf.constant(captions_lib.template_indices(seed, epoch_size, "train"))
+
+    def add_tokens(position: tf.Tensor, example: dict) -> dict:
+        if epoch is None:
+            template = tf.gather(fixed, position)
+        else:
+            key = tf.stack([tf.constant(seed, tf.int64), epoch * epoch_size + position])
+            template = tf.random.stateless_uniform([], key, 0, num_templates, dtype=tf.int32)
+        row = template * num_digits + tf.cast(example["label"], tf.int32)
         return {**example, "tokens": tf.gather(table, row)}
 
     return ds.enumerate().map(add_tokens, num_parallel_calls=tf.data.AUTOTUNE)
@@ -320,7 +327,8 @@ def create_train_iterator(
 
     Yields {"image": float32 [batch_size, S, S, C] in [-1, 1], "label": int32 [batch_size]}, and
     with data.text_length > 0 "tokens": int32 [batch_size, text_length], each example's caption
-    (digits: written from its label), or with data.text_embeddings "context" float32
+    (digits: written from its label by a training template drawn afresh each epoch, or fixed per
+    example with data.fixed_captions), or with data.text_embeddings "context" float32
     [batch_size, L, D] and "context_mask" bool [batch_size, L], each example's stored embedding
     (diffax.text_embeddings); batch_size is per process. Fails here, not at the first batch, if
     the data are missing.
@@ -334,9 +342,9 @@ def create_train_iterator(
     if _count(ranges) == 0:
         raise ValueError(f"Process {process_index} has no examples of {data_config.train_split}.")
     logging.info("Process %d trains on %s of %s.", process_index, ranges, data_config.dataset)
-    # Independent streams per process for file order, buffer order and flips.
-    file_seed, shuffle_seed, flip_seed = (
-        int(s) for s in np.random.SeedSequence([seed, process_index]).generate_state(3) >> 1
+    # Independent streams per process for file order, buffer order, flips and captions.
+    file_seed, shuffle_seed, flip_seed, caption_seed = (
+        int(s) for s in np.random.SeedSequence([seed, process_index]).generate_state(4) >> 1
     )
     stored = bool(data_config.get("text_embeddings"))
     # Stored embeddings are found by each example's position in the split: read in file order
@@ -357,8 +365,10 @@ def create_train_iterator(
     if stored:
         contexts = _stored_contexts(data_config, ranges, epoch_size)
         base = base.enumerate().map(lambda position, example: {**example, "position": position})
-    elif data_config.get("text_length", 0):
+    captioned = not stored and data_config.get("text_length", 0) > 0
+    if captioned and data_config.get("fixed_captions", False):
         base = _with_caption_tokens(base, data_config, seed, epoch_size)
+        captioned = False  # Captions ride with the examples; none are drawn per epoch.
     flip = data_config.random_flip
 
     def epoch(index: tf.Tensor) -> tf.data.Dataset:
@@ -369,6 +379,8 @@ def create_train_iterator(
             seed=tf.constant(shuffle_seed, tf.int64) + index,
             reshuffle_each_iteration=False,
         )
+        if captioned:
+            ds = _with_caption_tokens(ds, data_config, caption_seed, epoch_size, index)
         if not flip:
             return ds
 

@@ -30,7 +30,6 @@ from absl import logging
 from diffax import input_pipeline, sharding
 from diffax.datasets import captions
 from diffax.latents import LatentSpace
-from diffax.models import text_encoder
 
 FORMAT = 1  # Bumped when the files change; part of the fingerprint.
 _ARRAYS = ("mean", "logvar", "label")
@@ -198,6 +197,7 @@ def train_iterator(
     start_batch: int = 0,
     text_length: int = 0,
     shift: float | np.ndarray = 0.0,
+    fixed_captions: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields endless {"image": float32 [b, h, w, z] = scale * (mean + std eps - shift), "label"
     [b]}; scale and shift are scalars or per channel [z] (LatentSpace.scale, .shift).
@@ -205,8 +205,9 @@ def train_iterator(
     Shuffled per epoch; b = batch_size per process, each process reading every
     process_count-th cached row. The stream is a fixed function of (seed, process): batch k is
     the same whether or not the run was resumed at start_batch. With text_length > 0 also
-    "tokens" int32 [b, text_length]: cached row r's caption by the training template fixed by
-    (seed, r) (diffax.datasets.captions), as the pixel pipeline writes them.
+    "tokens" int32 [b, text_length]: each row's caption from its label by a training template
+    (diffax.datasets.captions) drawn afresh for each batch, or with fixed_captions the template
+    fixed by (seed, row), as the pixel pipeline writes them.
     """
     index = jax.process_index() if process_index is None else process_index
     processes = jax.process_count() if process_count is None else process_count
@@ -214,7 +215,8 @@ def train_iterator(
     if len(rows) == 0:
         raise ValueError(f"Process {index} has no cached latents in {cached.path}.")
     orders: dict[int, np.ndarray] = {}
-    caption_tokens = _caption_tokens(cached, seed, text_length) if text_length else None
+    table = captions.token_table(text_length) if text_length else None  # [templates * 10, L]
+    fixed = captions.template_indices(seed, cached.count, "train") if fixed_captions else None
 
     def order(epoch: int) -> np.ndarray:
         if epoch not in orders:
@@ -237,21 +239,15 @@ def train_iterator(
         )
         z = (mean + np.exp(0.5 * logvar) * eps - shift) * scale
         out = {"image": z.astype(np.float32), "label": np.asarray(cached.label[chosen], np.int32)}
-        if caption_tokens is not None:
-            out["tokens"] = caption_tokens[chosen]
+        if table is not None:
+            if fixed is None:
+                rng = np.random.default_rng([seed, index, 2 << 32, batch])
+                templates = rng.integers(0, len(captions.TRAIN_TEMPLATES), batch_size)
+            else:
+                templates = fixed[chosen]
+            out["tokens"] = table[templates * len(captions.DIGIT_WORDS) + out["label"]]
         yield out
         batch += 1
-
-
-def _caption_tokens(cached: CachedSplit, seed: int, text_length: int) -> np.ndarray:
-    """Returns int32 [N, text_length]: each cached row's caption (its label by the training
-    template fixed by (seed, row)) as byte tokens."""
-    table = text_encoder.tokenize(
-        [c for row in captions.caption_table("train") for c in row], text_length
-    )  # [templates * 10, L]
-    chosen = captions.template_indices(seed, cached.count, "train")  # [N]
-    labels = np.asarray(cached.label[: cached.count], np.int32)
-    return table[chosen * len(captions.DIGIT_WORDS) + labels]
 
 
 def eval_iterator(

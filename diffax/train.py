@@ -391,6 +391,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
             start_batch=start_step,
             text_length=config.data.get("text_length", 0),
             shift=trainer.latent.shift,
+            fixed_captions=config.data.get("fixed_captions", False),
         )
     step_fn = trainer.compile(training.batch_size)
     distributed.barrier("diffax_train_step_compiled")

@@ -502,3 +502,34 @@ def test_text_batches_carry_each_label_s_caption_by_a_training_template(digits_c
     resumed = _take(input_pipeline.create_train_iterator(config, 64, seed=0, start_batch=23), 2)
     for want, got in zip(straight[23:], resumed, strict=True):
         np.testing.assert_array_equal(want["tokens"], got["tokens"])
+
+
+def _captions_by_image(batches) -> dict[bytes, set[str]]:
+    from diffax.models import text_encoder
+
+    seen: dict[bytes, set[str]] = {}
+    for batch in batches:
+        for image, caption in zip(
+            batch["image"], text_encoder.detokenize(batch["tokens"]), strict=True
+        ):
+            seen.setdefault(image.tobytes(), set()).add(caption)
+    return seen
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_an_image_gets_a_new_caption_each_epoch_unless_captions_are_fixed(digits_config, fixed):
+    config = ml_collections.ConfigDict(digits_config.to_dict())
+    config.text_length = 32
+    config.fixed_captions = fixed
+    epoch = input_pipeline.num_examples(config, config.train_split)
+    batches = _take(input_pipeline.create_train_iterator(config, 64, seed=0), 2 * epoch // 64)
+    first = _captions_by_image(batches[: epoch // 64])
+    second = _captions_by_image(batches[epoch // 64 :])
+    common = first.keys() & second.keys()
+    assert len(common) > 0.9 * epoch
+    changed = np.mean([first[k] != second[k] for k in common])
+    if fixed:
+        assert changed == 0.0  # Example i keeps template_indices(seed, i).
+    else:
+        # 17 templates: the same one is drawn again for about 1 image in 17.
+        assert changed > 0.85, changed

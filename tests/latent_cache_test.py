@@ -115,21 +115,42 @@ def test_train_batches_of_two_processes_split_the_rows():
     assert sorted(np.concatenate(seen)) == list(range(20))
 
 
-def test_text_batches_caption_each_row_by_its_label_and_training_template():
-    count = 30
+def _captioned_rows(count: int) -> latent_cache.CachedSplit:
     rows = np.arange(count, dtype=np.float32)
-    cached = latent_cache.CachedSplit(
+    return latent_cache.CachedSplit(
         mean=np.broadcast_to(rows[:, None, None, None], (count, 2, 2, 3)).copy(),
         logvar=np.full((count, 2, 2, 3), -60.0, np.float32),  # z = the row, to read it back.
         label=(np.arange(count) % 10).astype(np.int32),
         count=count,
         path="synthetic",
     )
-    batch = next(latent_cache.train_iterator(cached, 8, 1.0, seed=3, text_length=32))
+
+
+def test_fixed_captions_caption_each_row_by_its_label_and_training_template():
+    cached = _captioned_rows(30)
+    stream = latent_cache.train_iterator(
+        cached, 8, 1.0, seed=3, text_length=32, fixed_captions=True
+    )
+    batch = next(stream)
     chosen = np.rint(batch["image"][:, 0, 0, 0]).astype(int)
     expected = captions.captions(cached.label, 3, "train")  # Row r's caption, fixed by (3, r).
     assert text_encoder.detokenize(batch["tokens"]) == [expected[r] for r in chosen]
     assert batch["tokens"].shape == (8, 32) and batch["tokens"].dtype == np.int32
+
+
+def test_drawn_captions_name_each_row_s_label_by_a_new_template_each_batch():
+    cached = _captioned_rows(10)
+    stream = latent_cache.train_iterator(cached, 10, 1.0, seed=3, text_length=32)
+    batches = [next(stream) for _ in range(6)]
+    by_row: dict[int, set[str]] = {}
+    for batch in batches:
+        rows = np.rint(batch["image"][:, 0, 0, 0]).astype(int)
+        for row, caption in zip(rows, text_encoder.detokenize(batch["tokens"]), strict=True):
+            assert caption in [t[cached.label[row]] for t in captions.caption_table("train")]
+            by_row.setdefault(int(row), set()).add(caption)
+    assert min(len(v) for v in by_row.values()) >= 3  # 6 reads of each row, 17 templates.
+    resumed = next(latent_cache.train_iterator(cached, 10, 1.0, 3, text_length=32, start_batch=5))
+    np.testing.assert_array_equal(resumed["tokens"], batches[5]["tokens"])
 
 
 def test_per_channel_cached_latents_have_zero_mean_and_unit_variance(

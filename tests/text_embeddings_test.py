@@ -109,6 +109,7 @@ def test_npz_batch_gives_the_training_loss_of_the_encoder_on_the_same_captions(d
     config = tiny_text.get_config()
     config.data.data_dir = data_dir
     config.training.label_dropout = 0.0  # Dropped rows differ by design (empty caption, null).
+    config.data.fixed_captions = True  # The captions embed_captions stores, one per example.
     encoder, encoder_params = embed_captions.encoder_params(config, None, seed=3)
     arrays = embed_captions.embed(
         encoder, encoder_params, embed_captions.split_captions(config, "train"), 32

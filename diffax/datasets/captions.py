@@ -4,6 +4,11 @@ Each caption is a template filled with the digit as a numeral or a word. The tem
 in two: TRAIN_TEMPLATES caption the training images, HELDOUT_TEMPLATES are never seen in training
 and write the prompts that evaluation samples from, so the reported accuracy measures whether
 the model understands new phrasings of the digits, not memorised strings.
+
+Training draws a fresh template each time it reads an image (data.fixed_captions=False), as a
+data set with several captions per image is read (COCO has five); data.fixed_captions=True gives
+example i the one caption of `template_indices` instead, the caption that
+diffax.tools.embed_captions stores for it.
 """
 
 import numpy as np
@@ -60,6 +65,14 @@ def captions(labels: np.ndarray, seed: int, split: str = "train") -> list[str]:
     templates = _templates(split)
     chosen = template_indices(seed, len(labels), split)
     return [fill(templates[j], label) for j, label in zip(chosen, labels, strict=True)]
+
+
+def token_table(length: int) -> np.ndarray:
+    """Returns int32 [templates * 10, length]: each training caption as byte tokens
+    (models.text_encoder), template j's caption of digit d in row j * 10 + d."""
+    from diffax.models import text_encoder
+
+    return text_encoder.tokenize([c for row in caption_table("train") for c in row], length)
 
 
 def caption_table(split: str = "train") -> list[list[str]]:
