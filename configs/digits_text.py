@@ -22,8 +22,8 @@ def get_config():
     config.model.text_width = 64
     config.model.text_depth = 2
     config.model.text_heads = 4
-    # No position table: a digit's word reads the same wherever a new phrasing puts it (93.75%
-    # held-out-prompt accuracy against 86.75% with learned positions; benchmarks/RESULTS.md).
+    # No position table: a digit's word reads the same wherever a new phrasing puts it (93.0%
+    # held-out-prompt accuracy against 83.5% with learned positions; benchmarks/RESULTS.md).
     config.model.text_positions = "none"
 
     # Each text step costs about twice a label step on CPU: fewer steps, a shorter EMA horizon.
