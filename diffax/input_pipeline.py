@@ -366,9 +366,10 @@ def create_train_iterator(
         contexts = _stored_contexts(data_config, ranges, epoch_size)
         base = base.enumerate().map(lambda position, example: {**example, "position": position})
     captioned = not stored and data_config.get("text_length", 0) > 0
-    if captioned and data_config.get("fixed_captions", False):
+    fixed_captions = captioned and data_config.get("fixed_captions", False)
+    if fixed_captions:  # Each example's one caption rides with it through every epoch.
         base = _with_caption_tokens(base, data_config, seed, epoch_size)
-        captioned = False  # Captions ride with the examples; none are drawn per epoch.
+    draw_captions = captioned and not fixed_captions
     flip = data_config.random_flip
 
     def epoch(index: tf.Tensor) -> tf.data.Dataset:
@@ -379,7 +380,7 @@ def create_train_iterator(
             seed=tf.constant(shuffle_seed, tf.int64) + index,
             reshuffle_each_iteration=False,
         )
-        if captioned:
+        if draw_captions:
             ds = _with_caption_tokens(ds, data_config, caption_seed, epoch_size, index)
         if not flip:
             return ds
