@@ -604,6 +604,10 @@ def evaluate_params(
                 groups=None if image_task else generator.prompt_templates(len(samples)),
             )
         )
+        if generator.text and config.data.dataset == "digits":
+            results["digits_read_as"] = _read_as_by_template(
+                config, samples, labels, workdir, generator.prompt_templates(len(samples))
+            )
     if not image_task:
         results["samples_png"] = save_samples(
             config, workdir, f"eval_samples_{step:08d}", samples, labels
@@ -627,6 +631,18 @@ def evaluate_params(
         path.write_text(json.dumps(results, indent=2))
         logging.info("Eval at step %d: %s (written to %s)", step, results, path)
     return results
+
+
+def _read_as_by_template(config, samples, labels, workdir, templates) -> dict[str, dict]:
+    """Returns {held-out template: {digit named: [10] counts of the digit the classifier reads]}}
+    (quality.digits_read_as): which prompts a text model misreads, and as what."""
+    from diffax.metrics import quality
+
+    tables = quality.digits_read_as(config, samples, labels, workdir, groups=templates)
+    return {
+        captions.HELDOUT_TEMPLATES[g]: {str(d): row.tolist() for d, row in enumerate(table)}
+        for g, table in tables.items()
+    }
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -11,7 +11,9 @@ import time
 import numpy as np
 import pytest
 
+from configs import tiny_text
 from diffax import preemption
+from diffax.datasets import captions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,6 +110,17 @@ def test_text_model_trains_evaluates_on_held_out_prompts_and_samples_from_a_prom
     assert 0.0 <= results["samples/digits_class_accuracy"] <= 1.0
     assert results["forward_passes_per_sample"] == 2 * results["sampler_nfe"]  # Guided.
     assert "someone wrote a {word}" in results["prompts"]
+    # Which digit the classifier reads for each held-out template and named digit: every sample
+    # counted once, in its template's table.
+    read_as = results["digits_read_as"]
+    assert set(read_as) <= set(captions.HELDOUT_TEMPLATES)
+    counts = np.array([list(table.values()) for table in read_as.values()])  # [templates, 10, 10]
+    assert counts.sum() == tiny_text.get_config().eval.num_samples
+    for k, template in enumerate(captions.HELDOUT_TEMPLATES):
+        if template in read_as:
+            table = np.array(list(read_as[template].values()))
+            accuracy = results[f"samples/digits_class_accuracy_{k}"]
+            assert np.trace(table) / table.sum() == pytest.approx(accuracy)
     sample = _run(
         workdir,
         data_dir,

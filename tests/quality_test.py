@@ -71,6 +71,32 @@ def test_accuracy_within_groups_counts_each_groups_samples_only(classifier_path,
         quality.digits_quality(images, labels, classifier_path, groups=groups[:10])
 
 
+def test_read_as_tables_count_each_sample_once_by_named_and_read_digit(
+    tiny_config, classifier_path, digits_split, tmp_path
+):
+    config = tiny_config(**{"eval.classifier_path": classifier_path})
+    _, _, test_images, test_labels = digits_split
+    images, labels = test_images[:100], test_labels[:100].copy()
+    labels[:20] = (labels[:20] + 1) % 10  # Group 0's first 20 of 50 samples name another digit.
+    groups = np.repeat([0, 1], 50)
+    tables = quality.digits_read_as(config, images, labels, str(tmp_path), groups=groups)
+    accuracy = quality.digits_quality(images, labels, classifier_path, groups=groups)
+    assert set(tables) == {0, 1}
+    for g in (0, 1):
+        assert tables[g].shape == (10, 10) and tables[g].sum() == 50
+        # Row d holds the group's samples that name digit d.
+        np.testing.assert_array_equal(
+            tables[g].sum(axis=1), np.bincount(labels[groups == g], minlength=10)
+        )
+        assert np.trace(tables[g]) / 50 == pytest.approx(accuracy[f"digits_class_accuracy_{g}"])
+    # The 20 relabelled digits are read as what they are: mostly off the diagonal, one row up.
+    relabelled = quality.digits_read_as(config, images[:20], labels[:20], str(tmp_path))[0]
+    assert np.trace(relabelled) <= 2
+    assert sum(relabelled[(d + 1) % 10, d] for d in range(10)) >= 18
+    with pytest.raises(ValueError, match="groups must match"):
+        quality.digits_read_as(config, images, labels, str(tmp_path), groups=groups[:10])
+
+
 def test_noise_scores_far_above_the_floor_at_chance_accuracy(classifier_path):
     noise = np.random.default_rng(2).uniform(-1, 1, size=(300, 8, 8, 1)).astype(np.float32)
     labels = np.arange(300) % 10

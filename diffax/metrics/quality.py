@@ -232,14 +232,7 @@ def quality_metrics(
     """
     ev = config.eval
     if config.data.dataset == "digits":
-        classifier_path = ev.classifier_path or os.path.join(workdir, "digits_classifier")
-        if samples.shape[1] != digits_classifier.IMAGE_SHAPE[0]:
-            logging.info(
-                "Digits metrics on %s samples brought to 8x8 (the classifier's size) by the "
-                "least-squares inverse of the pipeline's bilinear upscaling.",
-                "x".join(map(str, samples.shape[1:3])),
-            )
-        samples = to_digits_size(samples)
+        samples, classifier_path = _for_digits_classifier(config, samples, workdir)
         metrics = digits_quality(
             samples, labels, classifier_path, config.data.num_levels, groups=groups
         )
@@ -262,3 +255,49 @@ def quality_metrics(
         )
         metrics = {}
     return {f"samples/{key}": float(value) for key, value in metrics.items()}
+
+
+def digits_read_as(
+    config: ml_collections.ConfigDict,
+    samples: np.ndarray,
+    labels: np.ndarray,
+    workdir: str,
+    groups: np.ndarray | None = None,
+) -> dict[int, np.ndarray]:
+    """Returns {group: int [10, 10]}: row d counts the group's samples conditioned on digit d by
+    the digit the digits classifier reads (column), the confusions behind each group's
+    digits_class_accuracy; groups None puts every sample in group 0. Classifier and resizing as
+    quality_metrics."""
+    samples, classifier_path = _for_digits_classifier(config, samples, workdir)
+    samples = images_lib.snap(np.asarray(samples, np.float32), config.data.num_levels)
+    labels = np.asarray(labels).reshape(-1)
+    groups = np.zeros_like(labels) if groups is None else np.asarray(groups).reshape(-1)
+    if not labels.shape == groups.shape == samples.shape[:1]:
+        raise ValueError(
+            f"{samples.shape[0]} samples, {labels.shape[0]} labels and {groups.shape[0]} groups "
+            "must match."
+        )
+    _, logits = digits_classifier.features_and_logits(_classifier_params(classifier_path), samples)
+    predicted = np.argmax(logits, axis=-1)
+    num_digits = logits.shape[-1]
+    tables = {}
+    for g in np.unique(groups):
+        table = np.zeros((num_digits, num_digits), np.int64)
+        np.add.at(table, (labels[groups == g], predicted[groups == g]), 1)
+        tables[int(g)] = table
+    return tables
+
+
+def _for_digits_classifier(
+    config: ml_collections.ConfigDict, samples: np.ndarray, workdir: str
+) -> tuple[np.ndarray, str]:
+    """Returns (samples at the classifier's 8x8, its path: eval.classifier_path or
+    WORKDIR/digits_classifier)."""
+    if samples.shape[1] != digits_classifier.IMAGE_SHAPE[0]:
+        logging.info(
+            "Digits metrics on %s samples brought to 8x8 (the classifier's size) by the "
+            "least-squares inverse of the pipeline's bilinear upscaling.",
+            "x".join(map(str, samples.shape[1:3])),
+        )
+    path = config.eval.classifier_path or os.path.join(workdir, "digits_classifier")
+    return to_digits_size(samples), path
