@@ -74,7 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The caption's mean token also joins the timestep embedding (DiT: adaLN's c), as Imagen's
     # pooled text embedding (Saharia et al. 2022, sec. 2.4); False: cross-attention only (LDM).
     model.text_pool = True
-    model.text_positions = "learned"  # Text encoder: "learned" position table, or "none".
+    # Text encoder: "learned" position table, "none", or "words" (none, and the first block reads
+    # each word whole: models.text_encoder.TextEncoder).
+    model.text_positions = "learned"
     # DiT (model.name = "dit"; Peebles & Xie 2023) also reads num_heads, class_cond, dtype, remat.
     model.patch_size = 2  # DiT: side of the square patches that become tokens; divides image_size.
     model.hidden_size = 384  # DiT: token width D (DiT-S; a multiple of 4 and of num_heads).

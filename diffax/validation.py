@@ -15,7 +15,8 @@ from diffax.datasets import captions
 from diffax.models import dit, layers, unet
 
 DTYPES = ("float32", "bfloat16", "float16")
-TEXT_POSITIONS = ("learned", "none")  # model.text_positions: the text encoder's position code.
+# model.text_positions: the text encoder's position code (models.text_encoder.TextEncoder).
+TEXT_POSITIONS = ("learned", "none", "words")
 
 
 class ConfigError(ValueError):

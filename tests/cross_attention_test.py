@@ -153,3 +153,25 @@ def test_pooled_context_reaches_the_timestep_embedding_and_ignores_masked_tokens
         chex.assert_trees_all_close(
             apply(no_pool, _context()), apply(no_pool, _context(seed=1)), atol=1e-5
         )
+
+
+def test_a_per_query_mask_is_each_query_with_its_own_key_mask():
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 5, 2, 8)) for i in range(3))
+    mask = jax.random.bernoulli(jax.random.key(3), 0.6, (2, 5, 5)).at[:, :, 0].set(True)
+    out = cross_attention.masked_attention(q, k, v, mask)
+    for i in range(5):
+        one = cross_attention.masked_attention(q[:, i : i + 1], k, v, mask[:, i])
+        chex.assert_trees_all_close(out[:, i : i + 1], one, atol=1e-6)
+
+
+def test_rotary_scores_depend_only_on_the_offset_of_query_and_key():
+    q, k = (jax.random.normal(jax.random.key(i), (1, 1, 2, 16)) for i in range(2))
+
+    def score(p_q: int, p_k: int) -> jax.Array:
+        at = lambda x, p: jnp.zeros((1, 12, 2, 16)).at[:, p].set(x[:, 0])  # noqa: E731
+        rq, rk = cross_attention.rotate(at(q, p_q)), cross_attention.rotate(at(k, p_k))
+        return jnp.sum(rq[:, p_q] * rk[:, p_k], axis=-1)
+
+    chex.assert_trees_all_close(score(2, 5), score(6, 9), atol=1e-5)
+    chex.assert_trees_all_close(score(0, 0), jnp.sum(q * k, axis=-1)[:, 0], atol=1e-5)
+    assert float(jnp.abs(score(2, 5) - score(2, 7)).max()) > 1e-3

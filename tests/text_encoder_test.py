@@ -47,9 +47,34 @@ def test_without_positions_the_encoder_has_no_position_table_and_bad_values_fail
     )
     chex.assert_shape(encoder.apply({"params": params}, tokens), (1, 24, 32))
     with pytest.raises(ValueError, match="positions"):
-        text_encoder.TextEncoder(max_length=24, width=32, positions="rotary").init(
+        text_encoder.TextEncoder(max_length=24, width=32, positions="rope").init(
             jax.random.key(0), tokens
         )
+
+
+def test_word_ids_start_a_word_at_each_space():
+    tokens = jnp.asarray(text_encoder.tokenize(["ab cd", "x"], 8))
+    np.testing.assert_array_equal(
+        text_encoder.word_ids(tokens), [[1, 1, 1, 2, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1, 1]]
+    )
+
+
+@pytest.mark.parametrize("positions", ["words", "none"])
+def test_by_words_the_first_block_reads_each_word_without_the_others(positions):
+    """positions="words": with one block, a word's outputs ignore a word two spaces away, which
+    global attention ("none") does not."""
+    tokens = jnp.asarray(text_encoder.tokenize(["seven xx nine", "seven yy nine"], 16))
+    encoder = text_encoder.TextEncoder(
+        max_length=16, width=32, depth=1, num_heads=4, positions=positions
+    )
+    params = encoder.init(jax.random.key(0), tokens)
+    out = encoder.apply(params, tokens)
+    seven = slice(0, 6)  # BOS and "seven"; the 3-gram convolution reaches the space after it.
+    change = float(jnp.abs(out[0, seven] - out[1, seven]).max())
+    if positions == "words":
+        assert change < 1e-6
+    else:
+        assert change > 1e-3
 
 
 @pytest.fixture(scope="module")

@@ -32,16 +32,17 @@ def masked_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None
 ) -> jax.Array:
     """Returns softmax(q k^T / sqrt(d)) v `[B, Lq, heads, d]` from q `[B, Lq, heads, d]`, k and v
-    `[B, Lk, heads, d]`; keys where mask `[B, Lk]` is False get weight 0 (logits and softmax in
-    float32). A row with no valid key attends uniformly, so it stays finite (callers keep one
-    always-valid token)."""
+    `[B, Lk, heads, d]`; keys where mask `[B, Lk]` (or per query `[B, Lq, Lk]`) is False get
+    weight 0 (logits and softmax in float32). A row with no valid key attends uniformly, so it
+    stays finite (callers keep one always-valid token)."""
     head_dim = q.shape[-1]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     logits = logits * head_dim**-0.5  # [B, heads, Lq, Lk]
     if mask is not None:
         # The float32 minimum, not -inf: exp(min - max) is exactly 0 beside any valid key, and
         # an all-masked row gives uniform weights instead of 0 / 0.
-        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        mask = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
@@ -53,6 +54,9 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     dtype: Dtype = jnp.float32
     zero_init_out: bool = False
+    # Rotate queries and keys by their positions (RoPE, Su et al. 2021, self-attention only): the
+    # scores then depend on how far apart two tokens are, not on where they sit.
+    rotary: bool = False
 
     @nn.compact
     def __call__(
@@ -69,9 +73,23 @@ class MultiHeadAttention(nn.Module):
         v = dense(channels, "value", use_bias=False)(context)
         k = k.reshape(*context.shape[:2], -1, head_dim)  # [B, Lk, heads, d]
         v = v.reshape(*context.shape[:2], -1, head_dim)
+        if self.rotary:
+            q, k = rotate(q), rotate(k)
         out = masked_attention(q, k, v, mask).reshape(batch, length, channels)
         extra = {"kernel_init": nn.initializers.zeros} if self.zero_init_out else {}
         return dense(channels, "out", **extra)(out)
+
+
+def rotate(x: jax.Array, base: float = 10_000.0) -> jax.Array:
+    """Returns x [B, L, heads, d] with each pair (x_i, x_{i + d/2}) at position p rotated by the
+    angle p * base^(-2i/d) (RoPE, Su et al. 2021): rotated q.k depends on positions only by
+    their offset."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [d/2]
+    angles = jnp.arange(x.shape[1], dtype=jnp.float32)[:, None] * freqs  # [L, d/2]
+    cos, sin = jnp.cos(angles)[:, None], jnp.sin(angles)[:, None]  # [L, 1, d/2]
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
 def layer_norm(x: jax.Array, name: str) -> jax.Array:

@@ -56,11 +56,18 @@ def token_mask(tokens: jax.Array) -> jax.Array:
     return tokens != PAD_ID
 
 
+def word_ids(tokens: jax.Array) -> jax.Array:
+    """Returns int32 [B, L]: the word of each token, counting from 1; a space starts a new word
+    (and belongs to it), BOS belongs to the first word, padding to the last."""
+    starts = (tokens == ord(" ") + BYTE_OFFSET) | (tokens == BOS_ID)
+    return jnp.cumsum(starts, axis=1, dtype=jnp.int32)
+
+
 class TextEncoder(nn.Module):
     """Pre-LN transformer over byte tokens: `tokens [B, L] -> context [B, L, width]` (float32).
 
-    Byte embeddings plus a byte 3-gram convolution, learned positions, then `depth` blocks of
-    masked self-attention and MLP, and a final LayerNorm.
+    Byte embeddings plus a byte 3-gram convolution, the position code of `positions`, then `depth`
+    blocks of masked self-attention and MLP, and a final LayerNorm.
     """
 
     max_length: int  # L, the token length (learned position embeddings)
@@ -69,7 +76,9 @@ class TextEncoder(nn.Module):
     num_heads: int = 4
     mlp_ratio: int = 4
     # "learned": a position table added to the tokens (CLIP's text encoder); "none": order comes
-    # only from the 3-gram convolution, so a word reads the same wherever it sits in the caption.
+    # only from the 3-gram convolution, so a word reads the same wherever it sits in the caption;
+    # "words": as "none", but the first block attends only within each word (space-separated),
+    # with rotary positions, so it reads each word whole ("one" alone is not "one" in "someone").
     positions: str = "learned"
     dtype: Any = jnp.float32
 
@@ -89,13 +98,17 @@ class TextEncoder(nn.Module):
                 "pos_embed", nn.initializers.normal(0.02), (self.max_length, self.width)
             )
             h = h + pos[None, : tokens.shape[1]]
-        elif self.positions != "none":
-            raise ValueError(f"positions={self.positions!r} is not 'learned' or 'none'.")
+        elif self.positions not in ("none", "words"):
+            raise ValueError(f"positions={self.positions!r} is not 'learned', 'none' or 'words'.")
+        words = word_ids(tokens)
+        within_word = (words[:, :, None] == words[:, None, :]) & mask[:, None, :]  # [B, L, L]
         for i in range(self.depth):
             n = layer_norm(h, f"block_{i}_norm_attn").astype(self.dtype)
-            h = h + MultiHeadAttention(self.num_heads, self.dtype, name=f"block_{i}_attn")(
-                n, n, mask
-            ).astype(jnp.float32)
+            by_word = self.positions == "words" and i == 0
+            attention = MultiHeadAttention(
+                self.num_heads, self.dtype, rotary=by_word, name=f"block_{i}_attn"
+            )
+            h = h + attention(n, n, within_word if by_word else mask).astype(jnp.float32)
             n = layer_norm(h, f"block_{i}_norm_mlp").astype(self.dtype)
             n = nn.Dense(self.mlp_ratio * self.width, dtype=self.dtype, name=f"block_{i}_mlp_in")(n)
             n = nn.Dense(self.width, dtype=self.dtype, name=f"block_{i}_mlp_out")(nn.gelu(n))
