@@ -587,6 +587,7 @@ def evaluate_params(
     if config.eval.quality_metrics:
         from diffax.metrics import quality
 
+        templates = None if image_task else generator.prompt_templates(len(samples))
         results.update(
             quality.quality_metrics(
                 config,
@@ -601,12 +602,12 @@ def evaluate_params(
                     config.data if latent is None else latent.image_data,
                 ),
                 # Held-out prompts: the accuracy of each template too.
-                groups=None if image_task else generator.prompt_templates(len(samples)),
+                groups=templates,
             )
         )
         if generator.text and config.data.dataset == "digits":
             results["digits_read_as"] = _read_as_by_template(
-                config, samples, labels, workdir, generator.prompt_templates(len(samples))
+                config, samples, labels, workdir, templates
             )
     if not image_task:
         results["samples_png"] = save_samples(

@@ -100,15 +100,17 @@ class TextEncoder(nn.Module):
             h = h + pos[None, : tokens.shape[1]]
         elif self.positions not in ("none", "words"):
             raise ValueError(f"positions={self.positions!r} is not 'learned', 'none' or 'words'.")
-        words = word_ids(tokens)
-        within_word = (words[:, :, None] == words[:, None, :]) & mask[:, None, :]  # [B, L, L]
         for i in range(self.depth):
             n = layer_norm(h, f"block_{i}_norm_attn").astype(self.dtype)
             by_word = self.positions == "words" and i == 0
+            keys = mask
+            if by_word:  # Each token's keys: the valid tokens of its own word, [B, L, L].
+                words = word_ids(tokens)
+                keys = (words[:, :, None] == words[:, None, :]) & mask[:, None, :]
             attention = MultiHeadAttention(
                 self.num_heads, self.dtype, rotary=by_word, name=f"block_{i}_attn"
             )
-            h = h + attention(n, n, within_word if by_word else mask).astype(jnp.float32)
+            h = h + attention(n, n, keys).astype(jnp.float32)
             n = layer_norm(h, f"block_{i}_norm_mlp").astype(self.dtype)
             n = nn.Dense(self.mlp_ratio * self.width, dtype=self.dtype, name=f"block_{i}_mlp_in")(n)
             n = nn.Dense(self.width, dtype=self.dtype, name=f"block_{i}_mlp_out")(nn.gelu(n))
