@@ -165,19 +165,72 @@ def record(images_per_sec, bpd_s, ddim, num_params=755_298):
     }
 
 
-def test_cpu_table_has_ratios_diffax_over_pytorch():
-    rows = peer_benchmark.cpu_rows(record(400.0, 80.0, 50.0), record(200.0, 160.0, 10.0))
+def test_cpu_table_shows_every_run_and_ratios_of_the_better_runs():
+    diffax = [record(400.0, 80.0, 50.0), record(300.0, 60.0, 70.0)]
+    peer = [record(200.0, 160.0, 10.0), record(250.0, 200.0, 14.0)]
+    diffax[0]["machine"] = {"load_avg_before": [0.4, 0.2, 0.1], "other_cpu_cores": 0.0123}
+    rows = peer_benchmark.cpu_rows(diffax, peer)
     by_label = {row[0]: row for row in rows}
-    assert by_label["parameters"][1:] == [755_298, 755_298, "1.00x"]
-    assert by_label["train images/s, steady state (median over windows)"][3] == "2.00x"
-    assert by_label["DDIM-50 sampling images/s"][3] == "5.00x"
+    assert by_label["parameters"][1:] == [755_298] * 4 + ["1.00x"]
+    train = by_label["train images/s, steady state (median over windows)"]
+    assert train[1:5] == [400.0, 300.0, 200.0, 250.0] and train[5] == "1.60x"  # 400 / 250
+    assert by_label["DDIM-50 sampling images/s"][5] == "5.00x"  # 70 / 14
     bpd = [row for row in rows if row[0].startswith("full-chain")][0]
-    assert "extrapolated from 50 timesteps" in bpd[0] and bpd[3] == "0.50x"
-    table = peer_benchmark.markdown_table(["quantity", "diffax", "peer", "ratio"], rows)
+    assert "extrapolated from 50 timesteps" in bpd[0] and bpd[5] == "0.38x"  # 60 s / 160 s
+    assert by_label["load average (1 min) at the run's start"][1:] == [0.4, None, None, None, None]
+    assert by_label["other processes' CPU during the run (cores)"][1] == 0.01
+    header = peer_benchmark.cpu_header(2, 2)
+    assert header[1:5] == [
+        "diffax run 1",
+        "diffax run 2",
+        "improved-diffusion run 1",
+        "improved-diffusion run 2",
+    ]
+    table = peer_benchmark.markdown_table(header, rows)
     lines = table.splitlines()
-    assert len(lines) == len(rows) + 2 and lines[1] == "| --- | --- | --- | --- |"
-    assert "| 755,298 | 755,298 | 1.00x |" in lines[2]
+    assert len(lines) == len(rows) + 2 and lines[1] == "| --- |" + " --- |" * 5
+    assert "| 755,298 | 755,298 | 755,298 | 755,298 | 1.00x |" in lines[2]
     assert "n/a" in table  # The missing CPU-time figures and compile times.
+
+
+def test_the_better_run_is_the_higher_rate_or_the_lower_time():
+    assert peer_benchmark._best([1.0, None, 3.0], higher_is_better=True) == 3.0
+    assert peer_benchmark._best([1.0, None, 3.0], higher_is_better=False) == 1.0
+    assert peer_benchmark._best([None, "x"], higher_is_better=True) is None
+
+
+def test_busy_seconds_from_proc_stat_count_steal_but_not_idle_or_iowait():
+    tick = os.sysconf("SC_CLK_TCK")
+    stat = f"cpu  {tick} {tick} {tick} 999999 888888 {tick} {tick} {tick} 5 5\ncpu0 1 2 3\n"
+    assert peer_benchmark.cpu_seconds_from_stat(stat) == pytest.approx(6.0)
+    assert peer_benchmark.other_cpu_cores(busy_s=3.0, own_s=1.0, wall_s=4.0) == 0.5
+    assert peer_benchmark.other_cpu_cores(busy_s=1.0, own_s=1.5, wall_s=4.0) == 0.0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="no /proc/stat (not Linux)")
+def test_a_busy_process_beside_the_run_marks_it_contended():
+    spin = "import time\nend = time.time() + 5\nwhile time.time() < end: pass\n"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)  # Let the other process start spinning.
+        with peer_benchmark.MachineClock(limit_cores=0.1) as clock:
+            time.sleep(1.5)  # The benchmark's own side is idle: only the other one works.
+    finally:
+        busy.kill()
+        busy.wait()
+    assert clock.record["other_cpu_cores"] > 0.5 and clock.record["contended"]
+    assert len(clock.record["load_avg_before"]) == 3 and clock.record["wall_s"] >= 1.5
+
+
+def test_the_title_names_what_was_set_and_contention():
+    plain = peer_benchmark.table_title("cpu", "", [])
+    assert "each side at its library's defaults" in plain and "CONTENDED" not in plain
+    label = peer_benchmark.settings_label(2, [0, 1], "PASSIVE", "")
+    assert label == "2 threads each, pinned to cores [0, 1]; OMP_WAIT_POLICY=PASSIVE on both sides"
+    assert peer_benchmark.settings_label(0, None, "", "") == ""
+    busy = peer_benchmark.table_title("cpu", label, ["diffax run 2"])
+    assert busy.startswith("CONTENDED, not a result to quote (diffax run 2") and label in busy
+    assert "not measured" in peer_benchmark.table_title("cpu", "", None)
 
 
 def test_gpu_table_compares_with_both_torch_precisions():
@@ -197,29 +250,61 @@ def test_gpu_table_compares_with_both_torch_precisions():
     assert by_label["train MFU"][1:4] == ["45.0%", "22.5%", None]
 
 
-def test_plan_pins_both_sides_to_the_same_cores_and_drops_the_compile_cache():
-    base = {"JAX_COMPILATION_CACHE_DIR": "/tmp/cache", "XLA_FLAGS": "--xla_dump_to=/tmp/d"}
-    runs = peer_benchmark.build_plan(
+def plan(**kwargs):
+    args = dict(
         device="cpu",
         peer="/src/improved-diffusion",
         peer_python="/venv/bin/python",
         python="/main/bin/python",
         module_file="/main/diffax/tools/peer_benchmark.py",
+        threads=0,
+        cores=None,
+        xla_flags="",
+        base_env={},
+    )
+    return peer_benchmark.build_plan(**{**args, **kwargs})
+
+
+def test_the_default_plan_sets_nothing_and_alternates_the_sides():
+    base = {
+        "JAX_COMPILATION_CACHE_DIR": "/tmp/cache",
+        "XLA_FLAGS": "--xla_dump_to=/tmp/d",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": "1",
+        "HOME": "/root",
+    }
+    runs = plan(base_env=base, repeats=2)
+    assert [(r["side"], r["repeat"]) for r in runs] == [
+        ("diffax", 1),
+        ("improved-diffusion", 1),
+        ("diffax", 2),
+        ("improved-diffusion", 2),
+    ]
+    for run in runs:
+        assert run["cores"] is None and run["env"]["HOME"] == "/root"
+        for name in (*peer_benchmark.THREAD_ENV, "JAX_COMPILATION_CACHE_DIR"):
+            assert name not in run["env"], name
+        assert run["side"] != "diffax" or "XLA_FLAGS" not in run["env"]
+        assert set(run["env_changes"]) <= {"TF_CPP_MIN_LOG_LEVEL", "JAX_PLATFORMS"}
+    assert runs[1]["argv"][:2] == ["/venv/bin/python", "/main/diffax/tools/peer_benchmark.py"]
+    assert runs[1]["argv"][-1] == "--worker=improved-diffusion"
+    assert peer_benchmark.pinned_cores(0, {0, 1}) is None
+
+
+def test_settings_asked_for_by_flags_reach_both_sides():
+    runs = plan(
         threads=2,
         cores=peer_benchmark.pinned_cores(2, {3, 1, 2}),
-        xla_flags=peer_benchmark.CPU_XLA_FLAGS,
-        base_env=base,
+        xla_flags="--xla_cpu_use_thunk_runtime=false",
         omp_wait_policy="PASSIVE",
+        base_env={"XLA_FLAGS": "--xla_dump_to=/tmp/d"},
     )
     assert [r["side"] for r in runs] == ["diffax", "improved-diffusion"]
     assert runs[0]["cores"] == runs[1]["cores"] == [1, 2]
-    assert runs[0]["env"]["XLA_FLAGS"] == "--xla_dump_to=/tmp/d --xla_cpu_multi_thread_eigen=true"
+    assert runs[0]["env"]["XLA_FLAGS"] == "--xla_cpu_use_thunk_runtime=false"
     assert runs[0]["env"]["JAX_PLATFORMS"] == "cpu"
     assert all(r["env"]["OMP_NUM_THREADS"] == "2" for r in runs)
     assert all(r["env"]["OMP_WAIT_POLICY"] == "PASSIVE" for r in runs)
-    assert all("JAX_COMPILATION_CACHE_DIR" not in r["env"] for r in runs)
-    assert runs[1]["argv"][:2] == ["/venv/bin/python", "/main/diffax/tools/peer_benchmark.py"]
-    assert runs[1]["argv"][-1] == "--worker=improved-diffusion"
     with pytest.raises(ValueError):
         peer_benchmark.pinned_cores(3, {0, 1})
 
@@ -269,8 +354,9 @@ def test_dry_run_prints_the_plan_without_torch_or_a_gpu(device):
     out = result.stdout
     assert "/nonexistent/python" in out and "--worker=improved-diffusion" in out
     if device == "cpu":
-        assert '"attention_resolutions": [2]' in out and "XLA_FLAGS=" in out
-        assert out.count("cores: [") == 2
+        assert '"attention_resolutions": [2]' in out and "XLA_FLAGS" not in out
+        assert "each side at its library's defaults" in out and "OMP_" not in out
+        assert out.count("cores: any (not pinned)") == 4  # Two runs of each side by default.
     else:
         assert "[fp16]" in out and "[bf16]" in out and '"attention_resolutions": [4, 8]' in out
 

@@ -1,17 +1,22 @@
 """diffax against PyTorch's openai/improved-diffusion, one model and the same work on each side.
 
-`python -m diffax.tools.peer_benchmark --peer=/path/to/improved-diffusion [--seconds=610]
-[--threads=2] [--out=F.json] [--device=cpu|gpu] [--dry_run]`, run from the repository root.
+`python -m diffax.tools.peer_benchmark --peer=/path/to/improved-diffusion [--seconds=300]
+[--repeats=2] [--out=F.json] [--device=cpu|gpu] [--dry_run]`, run from the repository root.
 
 CPU (default): the U-Net of configs/digits.py made unconditional (755,298 parameters on both
 sides), cosine T=500, learned-range variance with the hybrid loss, AdamW 1e-3 with 200 warm-up
 steps and clipping at 1, EMA 0.999, batch 128 of the digits train split. Each side runs in its own
-subprocess, one after the other, pinned to the same `--threads` cores (os.sched_setaffinity before
-the interpreter starts; XLA sizes its pools from the affinity, torch.set_num_threads does the
-rest). Each trains until `--seconds` have passed since its launch (imports and compilation
-included), then times the full-chain test bits/dim of the 360 test digits and DDIM-50 sampling
-with its EMA parameters, each side with its own code: diffax `evaluate.evaluate_bpd` and
-`generate.Generator`; improved-diffusion `calc_bpd_loop` and `ddim_sample_loop`.
+subprocess at its own library's defaults: no thread count, wait policy, affinity or XLA flag is
+set unless a flag asks for it (`--threads`, `--omp_wait_policy`, `--xla_flags`), and then the
+table's title and the JSON say so. The sides alternate, `--repeats` times each (diffax, peer,
+diffax, peer); the table shows every run and the ratios use each side's better run. Each trains
+until `--seconds` have passed since its launch (imports and compilation included), then times the
+full-chain test bits/dim of the 360 test digits and DDIM-50 sampling with its EMA parameters, each
+side with its own code: diffax `evaluate.evaluate_bpd` and `generate.Generator`;
+improved-diffusion `calc_bpd_loop` and `ddim_sample_loop`. During each run the parent reads the
+machine's busy CPU time (/proc/stat) and the worker's own (its rusage): when anything else took
+more than `--contention_limit` of a core, the run and the table are marked contended, and such a
+table is not a result to quote.
 
 GPU (`--device=gpu`): `diffax.tools.benchmark.run` on configs/imagenet64.py (bf16), then
 improved-diffusion's ImageNet-64 model trained in fp16 (its own `use_fp16` scheme: fp16 torso,
@@ -25,6 +30,7 @@ and NumPy at the top, so the PyTorch subprocess runs this same file without JAX 
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +49,9 @@ COMPILE_EVENTS = (
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
     "/jax/core/compile/backend_compile_duration",
 )
-CPU_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=true"
+# Environment variables that change how a side's threads run; a default run removes any inherited
+# ones, so each library runs as its users' would, and sets them only when a flag asks.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,33 +245,73 @@ def _x(r: float | None) -> str | None:
     return None if r is None else f"{r:.2f}x"
 
 
-def cpu_rows(diffax: dict, peer: dict) -> list[list[Any]]:
-    """Returns the CPU table's rows [quantity, diffax, improved-diffusion, diffax / PyTorch]."""
-    seconds = diffax["train"]["seconds"]
+def _best(values: Sequence[Any], higher_is_better: bool) -> float | None:
+    """Returns the better of the numeric values (max or min), or None when there is none."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not numbers:
+        return None
+    return max(numbers) if higher_is_better else min(numbers)
+
+
+def cpu_rows(diffax_runs: Sequence[dict], peer_runs: Sequence[dict]) -> list[list[Any]]:
+    """Returns the CPU table's rows: [quantity, each diffax run, each peer run, ratio].
+
+    The ratio is diffax / PyTorch of each side's better run (the higher rate, the shorter time,
+    the lower bits/dim), so one slow run of either side does not decide it.
+    """
+    first = diffax_runs[0]
+    seconds = first["train"]["seconds"]
     bpd_label = "full-chain test bits/dim, 360 digits, T=500 (s, lower is better)"
-    if diffax["bpd"]["timesteps"] < diffax["bpd"]["num_timesteps"]:
-        bpd_label += f", extrapolated from {diffax['bpd']['timesteps']} timesteps"
-    rows = [
-        ("parameters", "num_params", None),
-        ("train images/s, steady state (median over windows)", "train", "images_per_sec"),
-        (f"train steps done {seconds:g} s after process start", "train", "steps_in_wall"),
-        ("train images/s over those seconds", "train", "images_per_sec_from_start"),
-        ("train images per CPU-second, all threads (median)", "train", "images_per_cpu_sec"),
-        ("process start -> first step done (s, lower is better)", "train", "first_step_s"),
-        ("  of which compilation (s)", "train", "compile_s"),
-        (bpd_label, "bpd", "full_chain_s"),
-        ("  test bits/dim of the EMA weights (lower is better)", "bpd", "bpd"),
-        ("  bits/dim timesteps/s (steady)", "bpd", "timesteps_per_sec"),
-        (f"DDIM-{diffax['ddim']['steps']} sampling images/s", "ddim", "images_per_sec"),
-        ("  first call, compile included (s)", "ddim", "first_call_s"),
+    if first["bpd"]["timesteps"] < first["bpd"]["num_timesteps"]:
+        bpd_label += f", extrapolated from {first['bpd']['timesteps']} timesteps"
+    # (label, section, key, higher is better); key None: the section itself is the value.
+    quantities = [
+        ("parameters", "num_params", None, True),
+        ("train images/s, steady state (median over windows)", "train", "images_per_sec", True),
+        (f"train steps done {seconds:g} s after process start", "train", "steps_in_wall", True),
+        ("train images/s over those seconds", "train", "images_per_sec_from_start", True),
+        ("train images per CPU-second, all threads (median)", "train", "images_per_cpu_sec", True),
+        ("process start -> first step done (s, lower is better)", "train", "first_step_s", False),
+        ("  of which compilation (s)", "train", "compile_s", False),
+        (bpd_label, "bpd", "full_chain_s", False),
+        ("  test bits/dim of the EMA weights (lower is better)", "bpd", "bpd", False),
+        ("  bits/dim timesteps/s (steady)", "bpd", "timesteps_per_sec", True),
+        (f"DDIM-{first['ddim']['steps']} sampling images/s", "ddim", "images_per_sec", True),
+        ("  first call, compile included (s)", "ddim", "first_call_s", False),
     ]
     out = []
-    for label, section, key in rows:
-        a = diffax[section] if key is None else diffax[section].get(key)
-        b = peer[section] if key is None else peer[section].get(key)
-        r = ratio(a, b) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
-        out.append([label, a, b, _x(r)])
+    for label, section, key, higher in quantities:
+        a, b = ([_cell(r, section, key) for r in runs] for runs in (diffax_runs, peer_runs))
+        out.append([label, *a, *b, _x(ratio(_best(a, higher), _best(b, higher)))])
+    # The machine during each run: the evidence that the comparison was not contended.
+    for label, key in (
+        ("load average (1 min) at the run's start", "load_avg_before"),
+        ("other processes' CPU during the run (cores)", "other_cpu_cores"),
+    ):
+        cells = [_machine_cell(r.get("machine", {}), key) for r in (*diffax_runs, *peer_runs)]
+        out.append([label, *cells, None])
     return out
+
+
+def _cell(record: dict, section: str, key: str | None) -> Any:
+    return record[section] if key is None else record[section].get(key)
+
+
+def _machine_cell(machine: dict, key: str) -> Any:
+    value = machine.get(key)
+    if isinstance(value, list):
+        return value[0] if value else None
+    return None if value is None else round(value, 2)
+
+
+def cpu_header(repeats_diffax: int, repeats_peer: int) -> list[str]:
+    """Returns the CPU table's header for that many runs of each side."""
+    return [
+        "quantity",
+        *(f"{DIFFAX} run {i + 1}" for i in range(repeats_diffax)),
+        *(f"{PEER} run {i + 1}" for i in range(repeats_peer)),
+        "diffax / PyTorch (better runs)",
+    ]
 
 
 def gpu_rows(diffax: dict, fp16: dict | None, bf16: dict | None) -> list[list[Any]]:
@@ -316,11 +364,13 @@ def gpu_rows(diffax: dict, fp16: dict | None, bf16: dict | None) -> list[list[An
 # The plan: which subprocesses run, with which environment and cores.
 
 
-def pinned_cores(threads: int, available: Sequence[int]) -> list[int]:
-    """Returns the first `threads` of the available cores, the set both sides are pinned to."""
+def pinned_cores(threads: int, available: Sequence[int]) -> list[int] | None:
+    """Returns the first `threads` available cores for both sides; None for 0 (no pinning)."""
+    if threads == 0:
+        return None
     cores = sorted(available)
-    if threads < 1 or threads > len(cores):
-        raise ValueError(f"--threads={threads}: this process may use {len(cores)} cores.")
+    if threads < 0 or threads > len(cores):
+        raise ValueError(f"--threads={threads}: 0 (each library's default) or 1..{len(cores)}.")
     return cores[:threads]
 
 
@@ -332,28 +382,66 @@ def worker_env(
     xla_flags: str,
     omp_wait_policy: str = "",
 ) -> dict:
-    """Returns the environment of one side's subprocess: thread counts and, for JAX, XLA_FLAGS.
+    """Returns the environment of one side's subprocess.
 
-    The persistent compilation cache is switched off so compile time is measured, not read back.
-    omp_wait_policy (CPU, both sides) sets OMP_WAIT_POLICY: PyTorch's OpenMP threads spin while
-    waiting by default, which on a shared machine steals the cores its own work needs.
+    By default it changes nothing that sets how a library runs: inherited thread and wait-policy
+    variables (THREAD_ENV) and, for diffax, XLA_FLAGS are removed, so each side runs as its users'
+    would. threads > 0 sets OMP/MKL/OpenBLAS thread counts for both sides; omp_wait_policy sets
+    OMP_WAIT_POLICY for both (libgomp's default spins, which on a shared machine steals the cores
+    PyTorch needs, and on an idle one saves wake-ups); xla_flags sets diffax's XLA_FLAGS. The
+    persistent compilation cache is switched off so compile time is measured, not read back.
     """
     env = {k: v for k, v in base.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["TF_CPP_MIN_LOG_LEVEL"] = env.get("TF_CPP_MIN_LOG_LEVEL", "3")
     if device == "cpu":
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[name] = str(threads)
+        for name in THREAD_ENV:
+            env.pop(name, None)
+        if threads:
+            for name in THREAD_ENV[:3]:
+                env[name] = str(threads)
         if omp_wait_policy:
             env["OMP_WAIT_POLICY"] = omp_wait_policy
     if side == DIFFAX:
-        flags = " ".join(f for f in (base.get("XLA_FLAGS", ""), xla_flags) if f).strip()
-        if flags:
-            env["XLA_FLAGS"] = flags
+        env.pop("XLA_FLAGS", None)
+        if xla_flags:
+            env["XLA_FLAGS"] = xla_flags
         if device == "cpu":
             env["JAX_PLATFORMS"] = "cpu"
         else:
             env.pop("JAX_PLATFORMS", None)
     return env
+
+
+def settings_label(
+    threads: int, cores: Sequence[int] | None, omp_wait_policy: str, xla_flags: str
+) -> str:
+    """Returns what the run set on the sides, for the table's title: '' when nothing was set."""
+    parts = []
+    if threads:
+        parts.append(f"{threads} threads each, pinned to cores {list(cores or [])}")
+    if omp_wait_policy:
+        parts.append(f"OMP_WAIT_POLICY={omp_wait_policy} on both sides")
+    if xla_flags:
+        parts.append(f"diffax XLA_FLAGS={xla_flags!r}")
+    return "; ".join(parts)
+
+
+def table_title(device: str, settings: str, contended_runs: Sequence[str] | None) -> str:
+    """Returns the table's title: what was set (or that nothing was), and whether it was contended.
+
+    contended_runs: names of the runs during which other processes took more than the limit
+    (empty: none; None: not measured, e.g. without /proc/stat).
+    """
+    title = f"diffax vs {PEER} on the {device.upper()}, "
+    title += f"settings: {settings}" if settings else "each side at its library's defaults"
+    if contended_runs is None:
+        title += " (contention not measured)"
+    elif contended_runs:
+        title = (
+            f"CONTENDED, not a result to quote ({', '.join(contended_runs)}: other processes "
+            f"took more than the limit): {title}"
+        )
+    return title
 
 
 def build_plan(
@@ -368,16 +456,25 @@ def build_plan(
     xla_flags: str,
     base_env: dict[str, str],
     omp_wait_policy: str = "",
+    repeats: int = 1,
 ) -> list[dict[str, Any]]:
-    """Returns the subprocesses to run one after the other: argv, env changes and cores each."""
+    """Returns the subprocesses to run one after the other: argv, env changes and cores each.
+
+    On the CPU the two sides alternate `repeats` times (diffax, peer, diffax, peer, ...), so a
+    drift of the machine's speed falls on both; each run carries its 1-based `repeat`.
+    """
     torch_argv = [peer_python, module_file]
-    runs = [{"side": DIFFAX, "argv": [python, "-m", "diffax.tools.peer_benchmark"], "mode": None}]
+    diffax_argv = [python, "-m", "diffax.tools.peer_benchmark"]
+    runs = []
     if device == "cpu":
-        runs.append({"side": PEER, "argv": torch_argv, "mode": None})
+        for repeat in range(1, repeats + 1):
+            runs.append({"side": DIFFAX, "argv": diffax_argv, "mode": None, "repeat": repeat})
+            runs.append({"side": PEER, "argv": torch_argv, "mode": None, "repeat": repeat})
     else:
+        runs.append({"side": DIFFAX, "argv": diffax_argv, "mode": None, "repeat": 1})
         runs += [
-            {"side": PEER, "argv": torch_argv, "mode": "fp16"},
-            {"side": PEER, "argv": torch_argv, "mode": "bf16"},
+            {"side": PEER, "argv": torch_argv, "mode": "fp16", "repeat": 1},
+            {"side": PEER, "argv": torch_argv, "mode": "bf16", "repeat": 1},
         ]
     for run in runs:
         env = worker_env(run["side"], device, threads, base_env, xla_flags, omp_wait_policy)
@@ -394,7 +491,10 @@ def build_plan(
 
 def describe_plan(runs: list[dict], spec: dict) -> str:
     """Returns the human-readable plan `--dry_run` prints."""
-    lines = [f"device: {spec['device']}"]
+    lines = [
+        f"device: {spec['device']}",
+        "title: " + table_title(spec["device"], spec["settings"], []),
+    ]
     if spec["device"] == "cpu":
         lines.append(
             f"work: configs/digits.py unconditional, batch {spec['training']['batch_size']}, "
@@ -414,8 +514,10 @@ def describe_plan(runs: list[dict], spec: dict) -> str:
     lines.append("training: " + json.dumps(spec["training"]))
     for i, run in enumerate(runs, 1):
         mode = f" [{run['mode']}]" if run["mode"] else ""
-        lines.append(f"{i}. {run['side']}{mode}: {' '.join(run['argv'])}")
-        lines.append(f"   cores: {run['cores'] if run['cores'] is not None else 'all'}")
+        lines.append(f"{i}. {run['side']}{mode} run {run['repeat']}: {' '.join(run['argv'])}")
+        lines.append(
+            f"   cores: {run['cores'] if run['cores'] is not None else 'any (not pinned)'}"
+        )
         changes = " ".join(f"{k}={v!r}" for k, v in sorted(run["env_changes"].items()))
         lines.append(f"   env: {changes or '(unchanged)'}")
         if run["env_removed"]:
@@ -475,6 +577,58 @@ def train_summary(run: dict, seconds: float, batch_size: int, compile_s: float |
 
 def _load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_seconds_from_stat(stat: str) -> float:
+    """Returns all CPUs' busy seconds from /proc/stat's text: user, nice, system, irq, softirq and
+    steal (time the hypervisor gave this machine's cores to others) since boot; idle and iowait
+    are not busy, and guest time is already inside user."""
+    fields = [int(v) for v in stat.split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def other_cpu_cores(busy_s: float, own_s: float, wall_s: float) -> float:
+    """Returns the cores' worth of CPU that others used over wall_s: the machine's busy seconds less
+    this benchmark's own (parent and worker), per second."""
+    return max(busy_s - own_s, 0.0) / max(wall_s, 1e-9)
+
+
+class MachineClock:
+    """Reads the machine's busy CPU time and this process tree's own around one worker's run."""
+
+    def __init__(self, limit_cores: float):
+        self.limit_cores = limit_cores
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                return cpu_seconds_from_stat(f.read())
+        except OSError:  # No /proc (macOS): contention is not measured.
+            return None
+
+    @staticmethod
+    def _own() -> float:
+        self_usage = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # Waited-for workers.
+        return sum(u.ru_utime + u.ru_stime for u in (self_usage, children))
+
+    def __enter__(self):
+        self.load_before = _load_avg()
+        self.busy, self.own, self.start = self._busy(), self._own(), time.time()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.time() - self.start
+        busy = self._busy()
+        self.record = {"load_avg_before": self.load_before, "load_avg_after": _load_avg()}
+        self.record["wall_s"] = wall
+        if busy is None or self.busy is None:
+            self.record.update(other_cpu_cores=None, contended=None)
+            return
+        other = other_cpu_cores(busy - self.busy, self._own() - self.own, wall)
+        self.record.update(other_cpu_cores=other, contended=other > self.limit_cores)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -706,7 +860,8 @@ def torch_cpu_worker(spec: dict, launch_time: float) -> dict:
     """Trains, evaluates bits/dim and samples with improved-diffusion; returns the record."""
     import torch
 
-    torch.set_num_threads(spec["threads"])
+    if spec["threads"]:  # Only when asked: by default PyTorch picks its own thread count.
+        torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     np.random.seed(0)  # improved-diffusion's UniformSampler draws t with np.random.
     peer = _peer_modules(spec["peer"])
@@ -943,8 +1098,19 @@ def define_flags() -> None:
     flags.DEFINE_string("peer", None, "Checkout of openai/improved-diffusion (its root folder).")
     flags.DEFINE_string("peer_python", sys.executable, "Python with torch and numpy installed.")
     flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "cpu: digits; gpu: imagenet64 on CUDA.")
-    flags.DEFINE_float("seconds", 610.0, "CPU: train until this long after each process starts.")
-    flags.DEFINE_integer("threads", 2, "CPU threads (cores pinned) for each side.")
+    flags.DEFINE_float("seconds", 300.0, "CPU: train until this long after each process starts.")
+    flags.DEFINE_integer(
+        "threads",
+        0,
+        "CPU: 0 leaves each library's own thread count and affinity; N pins both sides to N cores "
+        "and sets their thread counts (then named in the table's title).",
+    )
+    flags.DEFINE_integer("repeats", 2, "CPU: runs of each side, alternating (diffax, peer, ...).")
+    flags.DEFINE_float(
+        "contention_limit",
+        0.1,
+        "CPU: a run is contended when other processes used more than this many cores meanwhile.",
+    )
     flags.DEFINE_integer("window_steps", 10, "Train steps between clock readings (CPU).")
     flags.DEFINE_integer(
         "bpd_timesteps", 0, "Bits/dim over this many evenly spaced timesteps (0: all T)."
@@ -952,12 +1118,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("ddim_steps", 50, "DDIM sampling steps.")
     flags.DEFINE_integer("num_samples", None, "Images per DDIM run (default cpu 360, gpu 256).")
     flags.DEFINE_string("data_dir", None, "TFDS data_dir of the digits (default TFDS's).")
-    flags.DEFINE_string("xla_flags", None, "XLA_FLAGS added for diffax (default per device).")
+    flags.DEFINE_string("xla_flags", "", "XLA_FLAGS for diffax ('' : none, JAX's defaults).")
     flags.DEFINE_string(
         "omp_wait_policy",
-        "PASSIVE",
-        "CPU: OMP_WAIT_POLICY for both sides ('' leaves it unset: libgomp then spins, which made "
-        "PyTorch's 2-thread step 10-20x slower on a shared 2-core machine).",
+        "",
+        "CPU: OMP_WAIT_POLICY for both sides; '' (default) leaves libgomp's own policy. PASSIVE "
+        "helps PyTorch only on a machine others share; on an idle one it slows it.",
     )
     flags.DEFINE_integer("gpu_steps", 50, "GPU: timed train steps per side.")
     flags.DEFINE_integer("gpu_warmup_steps", 5, "GPU: untimed train steps first.")
@@ -977,6 +1143,10 @@ def make_spec(device: str, flags_values: dict) -> dict:
         "device": device,
         "peer": flags_values["peer"],
         "threads": flags_values["threads"],
+        "repeats": flags_values["repeats"] if device == "cpu" else 1,
+        "contention_limit": flags_values["contention_limit"],
+        "omp_wait_policy": flags_values["omp_wait_policy"],
+        "xla_flags": flags_values["xla_flags"],
         "seconds": flags_values["seconds"],
         "window_steps": flags_values["window_steps"],
         "bpd_timesteps": flags_values["bpd_timesteps"],
@@ -1002,15 +1172,26 @@ def _run_worker(run: dict, spec: dict, workdir: str, index: int) -> dict:
         json.dump({**spec, "mode": run["mode"]}, f)
     cores = run["cores"]
     preexec = (lambda: os.sched_setaffinity(0, cores)) if cores is not None else None
-    print(f"[peer_benchmark] {run['side']} {run['mode'] or ''} load {_load_avg()}", file=sys.stderr)
-    launch = time.time()
-    argv = run["argv"] + [f"--spec={spec_path}", f"--result={result}", f"--launch_time={launch}"]
-    proc = subprocess.run(argv, env=run["env"], preexec_fn=preexec, cwd=_repo_root(), check=False)
+    name = f"{run['side']} {run['mode'] or ''} run {run['repeat']}".replace("  ", " ")
+    print(f"[peer_benchmark] {name}: load {_load_avg()}", file=sys.stderr)
+    with MachineClock(spec["contention_limit"]) as clock:
+        launch = time.time()
+        argv = run["argv"] + [
+            f"--spec={spec_path}",
+            f"--result={result}",
+            f"--launch_time={launch}",
+        ]
+        proc = subprocess.run(
+            argv, env=run["env"], preexec_fn=preexec, cwd=_repo_root(), check=False
+        )
     if proc.returncode:
         raise RuntimeError(f"{run['side']} subprocess failed ({proc.returncode}): {argv}")
     with open(result) as f:
         record = json.load(f)
-    record["process_wall_s"] = time.time() - launch
+    record["process_wall_s"] = clock.record["wall_s"]
+    record["machine"] = clock.record
+    record["run_name"] = name
+    print(f"[peer_benchmark] {name}: {json.dumps(clock.record)}", file=sys.stderr)
     return record
 
 
@@ -1047,8 +1228,8 @@ def main(argv) -> None:
     if device == "cpu":
         cores = pinned_cores(values["threads"], os.sched_getaffinity(0))
     xla_flags = values["xla_flags"]
-    if xla_flags is None:
-        xla_flags = CPU_XLA_FLAGS if device == "cpu" else ""
+    omp = values["omp_wait_policy"] if device == "cpu" else ""
+    spec["settings"] = settings_label(values["threads"], cores, omp, xla_flags)
     runs = build_plan(
         device=device,
         peer=values["peer"],
@@ -1059,7 +1240,8 @@ def main(argv) -> None:
         cores=cores,
         xla_flags=xla_flags,
         base_env=dict(os.environ),
-        omp_wait_policy=values["omp_wait_policy"],
+        omp_wait_policy=omp,
+        repeats=spec["repeats"],
     )
     print(describe_plan(runs, spec))
     if values["dry_run"]:
@@ -1088,10 +1270,18 @@ def main(argv) -> None:
                 spec["peak_flops_table"] = benchmark.PEAK_FLOPS
             results.append(_run_worker(run, spec, workdir, i))
     record["load_avg_after"] = _load_avg()
+    measured = [r["machine"].get("contended") for r in results]
+    contended = (
+        None if None in measured else [r["run_name"] for r in results if r["machine"]["contended"]]
+    )
+    record["settings"] = spec["settings"]
+    record["contended"] = None if contended is None else bool(contended)
+    record["title"] = table_title(device, spec["settings"], contended)
     if device == "cpu":
-        diffax, peer = results
+        diffax = [r for r in results if r["side"] == DIFFAX]
+        peer = [r for r in results if r["side"] == PEER]
         record.update({"diffax": diffax, "peer": peer})
-        header = ["quantity", DIFFAX, PEER, "diffax / PyTorch"]
+        header = cpu_header(len(diffax), len(peer))
         table = markdown_table(header, cpu_rows(diffax, peer))
     else:
         diffax, fp16, bf16 = results
@@ -1107,6 +1297,7 @@ def main(argv) -> None:
         table = markdown_table(header, gpu_rows(diffax, fp16, bf16))
         print(f"diffax XLA_FLAGS: {diffax['xla_flags']!r}")
     record["table"] = table
+    print(record["title"])
     print(table)
     print(f"load average before {record['load_avg_before']} after {record['load_avg_after']}")
     if values["out"]:
