@@ -183,6 +183,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.eval = ev = ml_collections.ConfigDict()
     ev.batch_size = 256  # Global batch for bits/dim and sampling.
+    # diffax.evaluators to run, in order; () runs the model kind's defaults (a denoiser: "bpd",
+    # "ode_bpd" with ode_bpd, "conditional_bpd" with conditional_bpd, "samples"; a classifier:
+    # "classifier_accuracy"; an autoencoder: "reconstruction").
+    ev.evaluators = ()
     ev.num_bpd_examples = -1  # Test examples for bits/dim; -1 takes the whole split.
     ev.conditional_bpd = False  # Also report p(x|y) bits/dim of a class-conditional model.
     ev.bpd_t_samples = 1  # Continuous: low-discrepancy times per example for the bound.

@@ -1,7 +1,8 @@
 """The one place a config becomes objects: the model, the diffusion process, the optimizer, shapes.
 
-The training loop, evaluation, sampling and the tools all call these; a new backbone is one module
-in `diffax/models/` plus one entry in `MODELS`.
+The tasks (`diffax.tasks`), evaluation, sampling and the tools all call these; a new backbone is one
+module in `diffax/models/` plus one entry in `MODELS`. Which kind of model a config trains is the
+tasks' question, not this module's.
 """
 
 import dataclasses
@@ -14,14 +15,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 
-from diffax import diffusion, schedules, sharding
-from diffax import timestep_sampler as timestep_sampler_lib
+from diffax import continuous, diffusion, inpainting, schedules, super_resolution
 from diffax.models import autoencoder as autoencoder_model
 from diffax.models import classifier as classifier_model
-from diffax.models import dit, text_encoder, unet
-from diffax.train_state import TrainState
+from diffax.models import dit, noise_schedule, text_encoder, unet
 
 
 def _unet(config: ml_collections.ConfigDict, out_channels: int) -> unet.UNet:
@@ -116,60 +114,6 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
 }
 # Backbones that cross-attend to a context (model.text_cond).
 TEXT_BACKBONES = ("unet", "dit")
-# Models that are not denoisers: trained on noised inputs to predict labels (classifier guidance).
-CLASSIFIERS = ("noisy_classifier",)
-
-
-# Models that compress images (the first stage of latent diffusion), called as (x, key).
-AUTOENCODERS = ("autoencoder_kl",)
-
-
-def is_classifier(config: ml_collections.ConfigDict) -> bool:
-    """Returns whether the config trains a noisy classifier instead of a diffusion model."""
-    return config.model.name in CLASSIFIERS
-
-
-def is_autoencoder(config: ml_collections.ConfigDict) -> bool:
-    """Returns whether the config trains an autoencoder instead of a diffusion model."""
-    return config.model.name in AUTOENCODERS
-
-
-def is_gan(config: ml_collections.ConfigDict) -> bool:
-    """Returns whether an autoencoder trains against a PatchGAN discriminator (its params are then
-    {"autoencoder", "discriminator"}; `autoencoder_params` picks the first)."""
-    return is_autoencoder(config) and config.training.get("disc_weight", 0.0) > 0
-
-
-def create_discriminator(config: ml_collections.ConfigDict) -> autoencoder_model.PatchDiscriminator:
-    """Translates config.model.disc_* into the PatchGAN discriminator of an autoencoder GAN."""
-    m = config.model
-    return autoencoder_model.PatchDiscriminator(
-        ndf=m.disc_ndf, num_layers=m.disc_layers, dtype=jnp.dtype(m.dtype)
-    )
-
-
-def autoencoder_params(config: ml_collections.ConfigDict, params: Any) -> Any:
-    """Returns the autoencoder's part of an autoencoder run's params (all of them without a GAN)."""
-    return params["autoencoder"] if is_gan(config) else params
-
-
-def perceptual_fn(config: ml_collections.ConfigDict) -> Callable | None:
-    """Returns the autoencoder's frozen LPIPS fn(x, x_hat) -> [B] (training.lpips_weights), or
-    None when training.perceptual_weight is 0 or, logged once, no weights file is given."""
-    training = config.training
-    if not is_autoencoder(config) or training.get("perceptual_weight", 0.0) <= 0:
-        return None
-    if not training.lpips_weights:
-        logging.warning(
-            "training.perceptual_weight=%s but training.lpips_weights is empty: the LPIPS term "
-            "is skipped (diffax never downloads; python -m diffax.tools.convert_lpips makes the "
-            "file).",
-            training.perceptual_weight,
-        )
-        return None
-    from diffax.metrics import lpips
-
-    return lpips.distance_fn(training.lpips_weights)
 
 
 def is_super_resolution(config: ml_collections.ConfigDict) -> bool:
@@ -190,8 +134,6 @@ def conditioning_fn(
     evaluation; inpainting: the masked image and the mask, random masks in training, eval_mask in
     evaluation), or None for a model that needs none."""
     if is_inpainting(config):
-        from diffax import inpainting
-
         ip = config.inpainting
         size = config.data.image_size
 
@@ -207,8 +149,6 @@ def conditioning_fn(
         return masked
     if not is_super_resolution(config):
         return None
-    from diffax import super_resolution
-
     sr = config.super_resolution
     return functools.partial(
         super_resolution.conditioning,
@@ -317,30 +257,37 @@ class ContinuousProcess:
         return params["model"] if self.learned else params
 
 
-def is_continuous(config: ml_collections.ConfigDict) -> bool:
-    """Returns whether config.diffusion is a continuous-time process."""
-    return config.diffusion.kind == "continuous"
-
-
-def create_process(config: ml_collections.ConfigDict):
-    """Returns the training process of config.diffusion: a GaussianDiffusion (discrete) or a
-    ContinuousProcess."""
+def schedule_module(config: ml_collections.ConfigDict) -> noise_schedule.NoiseSchedule:
+    """Returns the learned schedule of config.diffusion (gamma_min, gamma_max, schedule_hidden)."""
     d = config.diffusion
-    if is_continuous(config):
-        from diffax import continuous, continuous_train
+    return noise_schedule.NoiseSchedule(
+        gamma_min=d.get("gamma_min", continuous.GAMMA_MIN),
+        gamma_max=d.get("gamma_max", continuous.GAMMA_MAX),
+        hidden=d.get("schedule_hidden", 1024),
+    )
 
-        learned = d.gamma_schedule == "learned"
-        return ContinuousProcess(
-            schedule=d.gamma_schedule,
-            gamma_range=tuple(
-                continuous.conditioning_range(d.gamma_schedule, d.gamma_min, d.gamma_max)
-            ),
-            fixed_gamma=None
-            if learned
-            else continuous.get_gamma_fn(d.gamma_schedule, d.gamma_min, d.gamma_max),
-            schedule_module=continuous_train.schedule_module(config) if learned else None,
-            mean_type=d.mean_type,
-        )
+
+def continuous_process(config: ml_collections.ConfigDict) -> ContinuousProcess:
+    """Returns the continuous-time process of config.diffusion (fixed or learned gamma)."""
+    d = config.diffusion
+    learned = d.gamma_schedule == "learned"
+    return ContinuousProcess(
+        schedule=d.gamma_schedule,
+        gamma_range=tuple(
+            continuous.conditioning_range(d.gamma_schedule, d.gamma_min, d.gamma_max)
+        ),
+        fixed_gamma=None
+        if learned
+        else continuous.get_gamma_fn(d.gamma_schedule, d.gamma_min, d.gamma_max),
+        schedule_module=schedule_module(config) if learned else None,
+        mean_type=d.mean_type,
+    )
+
+
+def discrete_process(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffusion:
+    """Returns the discrete-time process of config.diffusion (its beta schedule, T, mean, variance
+    and loss types)."""
+    d = config.diffusion
     betas = schedules.get_named_beta_schedule(d.schedule, d.num_timesteps)
     return diffusion.GaussianDiffusion.create(
         betas, mean_type=d.mean_type, var_type=d.var_type, loss_type=d.loss_type
@@ -356,9 +303,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Returns AdamW with warmup and optional global-norm clipping; for an autoencoder GAN one
-    such optimizer per half (as LDM's two optimizers), so clipping the autoencoder's large
-    gradients never shrinks the discriminator's."""
+    """Returns AdamW with warmup and optional global-norm clipping (config.training)."""
     training = config.training
     adamw = optax.adamw(
         learning_rate_schedule(config),
@@ -368,71 +313,4 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     )
     if training.grad_clip > 0:
         adamw = optax.chain(optax.clip_by_global_norm(training.grad_clip), adamw)
-    if is_gan(config):
-        halves = ("autoencoder", "discriminator")
-        return optax.multi_transform(
-            dict.fromkeys(halves, adamw),
-            lambda params: {k: jax.tree.map(lambda _, k=k: k, params[k]) for k in halves},
-        )
     return adamw
-
-
-def init_params(rng: jax.Array, model: nn.Module, config: ml_collections.ConfigDict) -> Any:
-    """Returns freshly initialised parameters (pure; use jax.eval_shape for shapes alone)."""
-    if is_autoencoder(config):
-        from diffax import autoencoder
-
-        if is_gan(config):
-            return autoencoder.init_gan_params(
-                rng, model, create_discriminator(config), image_shape(config)
-            )
-        return autoencoder.init_params(rng, model, image_shape(config))
-    if is_continuous(config):
-        from diffax import continuous_train
-
-        return continuous_train.init_params(rng, model, config)
-    x = jnp.zeros((1, *image_shape(config)), jnp.float32)
-    t = jnp.zeros((1,), jnp.int32)
-    y = jnp.zeros((1,), jnp.int32) if num_classes(config) else None
-    make_conditioning = conditioning_fn(config, train=False)
-    extra = make_conditioning(x, rng) if make_conditioning else {}
-    return model.init({"params": rng}, x, t, y, train=False, **extra)["params"]
-
-
-def init_state(
-    rng: jax.Array,
-    *,
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    config: ml_collections.ConfigDict,
-) -> TrainState:
-    """Returns a fresh train state (pure; jit it with out_shardings to allocate it sharded)."""
-    param_rng, state_rng = jax.random.split(rng)
-    return TrainState.create(
-        params=init_params(param_rng, model, config),
-        tx=tx,
-        ema_rates=tuple(config.training.ema_rates),
-        ema_warmup=config.training.ema_warmup,
-        rng=state_rng,
-        sampler_state=timestep_sampler_lib.loss_second_moment_init(config.diffusion.num_timesteps),
-    )
-
-
-def abstract_state(
-    config: ml_collections.ConfigDict,
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    mesh: jax.sharding.Mesh,
-) -> tuple[TrainState, Any]:
-    """Returns (the state's ShapeDtypeStructs carrying their shardings, the shardings).
-
-    Nothing is allocated: this is what `jax.jit(init, out_shardings=...)` creates and what a
-    checkpoint restores into.
-    """
-    init = functools.partial(init_state, model=model, tx=tx, config=config)
-    shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    shardings = sharding.state_shardings(mesh, shapes)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
-    )
-    return abstract, shardings

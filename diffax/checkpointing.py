@@ -291,13 +291,6 @@ def save(
 # Shapes.
 
 
-def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
-    """Returns ShapeDtypeStructs carrying the target shardings, the form orbax restores into."""
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings
-    )
-
-
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
     """Returns {path: shape} for every leaf of a pytree of arrays or array metadata."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(
@@ -323,13 +316,6 @@ def _raise_if_mismatched(
             f"The checkpoint in {directory} does not fit this config ({len(mismatched)} "
             f"mismatched arrays: {shown}); use the config it was trained with or a new workdir."
         )
-
-
-def check_compatible(saved_metadata: Any, abstract_state: Any, directory: str) -> None:
-    """Raises ValueError naming every parameter whose saved shape differs from the config's."""
-    _raise_if_mismatched(
-        _shapes_by_path(saved_metadata), _shapes_by_path(abstract_state), directory
-    )
 
 
 # Verification and restoring.

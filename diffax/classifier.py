@@ -6,10 +6,11 @@ Pure functions. The classifier is called like a diffusion model, `logits_fn(x_t,
 the same numbers the samplers and `solvers.denoiser` pass to the diffusion model, so a classifier
 trained on the diffusion model's process guides it at respaced steps too. Arrays are NHWC.
 
-Two ways to guide:
+Two ways to guide (`diffax.tasks.classifier` trains the classifier and builds its guidance_fn):
 - `guided_model_fn` shifts eps by -s sqrt(1 - abar_t) grad (eq. 14, Algorithm 2): a `model_fn`
   wrapper every sampler (DDPM, DDIM, the solvers) takes unchanged. `solvers.denoiser(...,
-  guidance_fn=guidance_fn(...), guidance_scale=s)` applies the same shift inside the solvers.
+  guidance_fn=tasks.classifier.guidance_fn(...), guidance_scale=s)` applies the same shift
+  inside the solvers.
 - `p_sample_with_classifier_guidance` is Algorithm 1 exactly: the ancestral step with its mean
   moved by s Sigma grad.
 """
@@ -17,15 +18,12 @@ Two ways to guide:
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from diffax import diffusion, models
-from diffax import timestep_sampler as timestep_sampler_lib
+from diffax import diffusion
 from diffax.diffusion import GaussianDiffusion, ModelFn
-from diffax.train_state import TrainState
 
 # fn(x_t [B, H, W, C], model_t [B]) -> grad_x log p(y | x_t) [B, H, W, C]; solvers.GuidanceFn.
 GuidanceFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -58,43 +56,6 @@ def classifier_loss(
     return {"loss": loss, "accuracy": accuracy}
 
 
-def train_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    *,
-    model: nn.Module,
-    process: GaussianDiffusion,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step of the noisy classifier on {"image": [B, H, W, C], "label": [B]}; pure.
-
-    Mirrors `diffax.train.train_step`: draws from fold_in(state.rng, state.step); t is uniform in
-    0..T-1 (the paper trains on the diffusion model's noising distribution); the sampler_state is
-    left unchanged. Metrics (scalars): loss, accuracy (batch means), grad_norm, skipped,
-    consecutive_skips.
-    """
-    images, labels = batch["image"], batch["label"]
-    key = jax.random.fold_in(state.rng, state.step)
-    t_key, noise_key, dropout_key = jax.random.split(key, 3)
-    t, _ = timestep_sampler_lib.uniform_sample(t_key, images.shape[0], process.num_timesteps)
-    noise = jax.random.normal(noise_key, images.shape, images.dtype)
-
-    def loss_fn(params):
-        logits_fn = models.model_fn(model, params, train=True, dropout_rng=dropout_key)
-        terms = classifier_loss(process, logits_fn, images, labels, t, noise)
-        return jnp.mean(terms["loss"]), terms
-
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_gradients(grads)
-    metrics = {
-        "loss": loss,
-        "accuracy": jnp.mean(terms["accuracy"]),
-        "grad_norm": optax.global_norm(grads),
-        "skipped": new_state.skipped,
-        "consecutive_skips": new_state.consecutive_skips,
-    }
-    return new_state, metrics
-
-
 def log_prob_grad_fn(logits_fn: LogitsFn, labels: jax.Array) -> GuidanceFn:
     """Returns fn(x_t, model_t) -> grad_x log softmax(logits_fn(x_t, model_t))[labels], like x_t.
 
@@ -112,15 +73,6 @@ def log_prob_grad_fn(logits_fn: LogitsFn, labels: jax.Array) -> GuidanceFn:
         return jax.grad(total_log_prob)(x_t)
 
     return fn
-
-
-def guidance_fn(model: nn.Module, params: Any, labels: jax.Array) -> GuidanceFn:
-    """Returns fn(x_t, model_t) -> grad_x log p(labels | x_t) [B, H, W, C] of a NoisyClassifier.
-
-    model_t [B] are original-process timesteps (as the solvers pass them); the classifier runs in
-    eval mode (no dropout). Pass it to `solvers.denoiser(guidance_fn=...)` or `guided_model_fn`.
-    """
-    return log_prob_grad_fn(models.model_fn(model, params), labels)
 
 
 def _alpha_sigma(d: GaussianDiffusion, model_t: jax.Array, x: jax.Array):

@@ -67,6 +67,25 @@ def sample_labels(num_samples: int, num_classes: int) -> np.ndarray:
     return (np.arange(num_samples) % max(num_classes, 1)).astype(np.int32)
 
 
+def check_prompt(prompt: str | None, text: bool, stored: bool, text_length: int) -> None:
+    """Raises ValueError in one sentence if a prompt is given to a model without a text encoder
+    (text=False) or on stored embeddings (stored=True), or does not fit in text_length tokens."""
+    if prompt is None:
+        return
+    if stored:
+        raise ValueError(
+            "--prompt: this model conditions on text embeddings stored beside the data "
+            "(data.text_embeddings) and cannot encode new text; sample without --prompt to draw "
+            "from the eval split's stored embeddings."
+        )
+    if not text:
+        raise ValueError(
+            "--prompt needs a text-conditioned model (model.text_cond=True, e.g. "
+            "configs/digits_text.py); this config has none."
+        )
+    text_encoder.tokenize([prompt], text_length)
+
+
 class Generator:
     """Draws samples with the config's sampler; compiled once per batch shape."""
 
@@ -87,20 +106,8 @@ class Generator:
         # Stored embeddings (data.text_embeddings): samples take the eval split's, in order.
         self.stored = text_encoder.is_context_conditioned(model)
         self._stored_rows = None  # (embeddings [N, L, D], mask [N, L], labels [N]), on first use.
-        if prompt is not None and self.stored:
-            raise ValueError(
-                "--prompt: this model conditions on text embeddings stored beside the data "
-                "(data.text_embeddings) and cannot encode new text; sample without --prompt "
-                "to draw from the eval split's stored embeddings."
-            )
-        if prompt is not None and not self.text:
-            raise ValueError(
-                "--prompt needs a text-conditioned model (model.text_cond=True, e.g. "
-                "configs/digits_text.py); this one has no text encoder."
-            )
+        check_prompt(prompt, self.text, self.stored, config.data.get("text_length", 0))
         self.prompt = prompt
-        if prompt is not None:  # Fails here, in one sentence, if the prompt is too long.
-            text_encoder.tokenize([prompt], config.data.text_length)
         # (noisy classifier model, params) for classifier guidance at eval.classifier_scale.
         self.classifier_model, self.classifier_params = classifier or (None, None)
         self.label_classes = self.num_classes or getattr(self.classifier_model, "num_classes", 0)
@@ -195,7 +202,7 @@ class Generator:
         if self.classifier_model is not None and ev.classifier_scale:
             from diffax import classifier
 
-            guidance_fn = classifier.guidance_fn(self.classifier_model, classifier_params, labels)
+            guidance_fn = models.guidance_fn(self.classifier_model, classifier_params, labels)
             scale = ev.classifier_scale
             if ev.sampler == "ddim":  # The eps shift (Dhariwal & Nichol, Algorithm 2).
                 model_fn = classifier.guided_model_fn(model_fn, guidance_fn, self.process, scale)

@@ -18,14 +18,17 @@ from absl import logging
 
 from diffax import (
     build,
-    evaluate,
     generate,
     inpainting,
     input_pipeline,
     models,
+    restore,
+    sample_files,
     sharding,
     super_resolution,
+    tasks,
 )
+from diffax.metrics import quality
 
 
 def super_resolve_eval_split(
@@ -43,8 +46,6 @@ def super_resolve_eval_split(
     upsampling ("samples/bicubic_psnr", "samples/bicubic_ssim"), and "grid": rows of low
     resolution (nearest), bicubic, samples and the originals, 10 examples wide.
     """
-    from diffax import super_resolution
-
     sr = config.super_resolution
     n = num_examples or config.eval.num_samples
     images, labels = input_pipeline.eval_split_examples(config.data, n)
@@ -84,7 +85,7 @@ def _base_samples(
     """Returns (samples [N, h, h, C], labels [N]) of the base model in
     super_resolution.base_workdir, drawn with its own saved config."""
     sr, base_workdir = config.super_resolution, config.super_resolution.base_workdir
-    saved = evaluate.workdir_config(base_workdir)
+    saved = restore.workdir_config(base_workdir)
     if saved is None:
         raise FileNotFoundError(
             f"super_resolution.base_workdir={base_workdir!r} holds no checkpoint: train the base "
@@ -98,9 +99,9 @@ def _base_samples(
             f"super_resolution.base_workdir={base_workdir!r} draws {base_shape} images; this "
             f"upsampler takes {wanted} (super_resolution.low_res_size, data.num_channels)."
         )
-    params, _ = evaluate.restore_eval_params(base, base_workdir, mesh)
+    params, _ = restore.restore_eval_params(base, base_workdir, mesh)
     generator = generate.Generator(
-        base, build.create_model(base), build.create_process(base), mesh, num_samples=num_samples
+        base, build.create_model(base), tasks.create_process(base), mesh, num_samples=num_samples
     )
     samples = generator.generate(params, num_samples, seed=seed)
     return samples, generator.labels(num_samples)
@@ -143,7 +144,7 @@ def sample_super_resolution(
     for i in range(0, len(low) - len(low) % columns, columns):
         rows += [inputs[i : i + columns], samples[i : i + columns]]
     name = f"super_resolution_{step:08d}_n{len(low)}"
-    path = evaluate.save_samples(config, workdir, name, np.concatenate(rows), columns=columns)
+    path = sample_files.save_samples(config, workdir, name, np.concatenate(rows), columns=columns)
     if jax.process_index() == 0:
         np.savez(f"{workdir}/{name}_io.npz", low_res=low, samples=samples, labels=labels)
     logging.info("Upsampled %d images from %s; wrote %s", len(low), source, path)
@@ -242,12 +243,10 @@ def sample_inpainting(
     the grid (masked inputs, samples, originals), the .npz, and logs the masked PSNR."""
     samples, labels, figures = inpaint(config, generator, params, step + 1, num_samples)
     name = f"inpainting_{step:08d}_n{len(samples)}"
-    path = evaluate.save_samples(
+    path = sample_files.save_samples(
         config, workdir, name, figures.pop("grid"), columns=figures.pop("grid_columns")
     )
     if config.eval.quality_metrics:  # The digits: class accuracy against the true labels.
-        from diffax.metrics import quality
-
         eval_images = functools.partial(input_pipeline.eval_split_images, config.data)
         figures.update(quality.quality_metrics(config, samples, labels, workdir, eval_images))
     if jax.process_index() == 0:

@@ -24,14 +24,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from diffax import build, checkpointing, sharding
+from diffax import autoencoder, build, checkpointing, restore, sharding, tasks
 from diffax.models.autoencoder import AutoencoderKL
 
 # The autoencoder of Stable Diffusion (and of DiT, Peebles & Xie 2023 sec. 3.1): f = 8, 4 latent
 # channels; used for an sd_vae file that comes without a diffusers config.json beside it.
 SD_VAE_BLOCK_OUT_CHANNELS = (128, 256, 512, 512)
 SD_VAE_LAYERS_PER_BLOCK = 2
-STATS_FILE = "latent_stats.json"  # Written by diffax.evaluate.evaluate_autoencoder.
+STATS_FILE = "latent_stats.json"  # Written by the reconstruction evaluator.
 # latent.normalization values: one scale for every latent (LDM), or a shift and scale per channel.
 NORMALIZATIONS = ("scalar", "per_channel")
 
@@ -91,7 +91,9 @@ def _encode(model: AutoencoderKL, params: Any, images: jax.Array):
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _decode(model: AutoencoderKL, params: Any, z: jax.Array, scale: Any, shift: Any):
-    latents = z / jnp.asarray(scale, jnp.float32) + jnp.asarray(shift, jnp.float32)
+    latents = autoencoder.denormalize_latents(
+        z, jnp.asarray(scale, jnp.float32), jnp.asarray(shift, jnp.float32)
+    )
     images = model.apply({"params": params}, latents, method=model.decode)
     return jnp.clip(images, -1.0, 1.0)
 
@@ -121,10 +123,10 @@ def autoencoder_config(workdir: str) -> tuple[ml_collections.ConfigDict, int]:
     if saved is None:
         raise _unfinished(workdir, "holds no checkpoint")
     config = ml_collections.ConfigDict(saved)
-    if not build.is_autoencoder(config):
+    if not tasks.is_autoencoder(config):
         raise ValueError(
-            f"latent.autoencoder_workdir={workdir!r} holds a {config.model.name!r} model, not one "
-            f"of {', '.join(build.AUTOENCODERS)}."
+            f"latent.autoencoder_workdir={workdir!r} holds a {config.model.name!r} model, not "
+            "an autoencoder."
         )
     if step < config.training.num_steps:
         raise _unfinished(
@@ -184,8 +186,6 @@ def _read_stats(workdir: str, step: int, normalization: str) -> tuple[Any, Any]:
 
 
 def _from_workdir(config: ml_collections.ConfigDict, mesh: Mesh) -> LatentSpace:
-    from diffax import evaluate
-
     workdir = os.path.abspath(config.latent.autoencoder_workdir or "")
     ae_config, step = autoencoder_config(config.latent.autoencoder_workdir)
     if ae_config.data.num_levels != config.data.num_levels:
@@ -207,7 +207,7 @@ def _from_workdir(config: ml_collections.ConfigDict, mesh: Mesh) -> LatentSpace:
             f"{os.path.join(workdir, STATS_FILE)} holds {scale.shape[0]} channel scales for "
             f"{model.z_channels} latent channels: run --mode=eval on the autoencoder workdir."
         )
-    params, _ = evaluate.restore_eval_params(ae_config, workdir, mesh)
+    params, _ = restore.restore_eval_params(ae_config, workdir, mesh)
     return LatentSpace(
         model=model,
         params=jax.device_put(params, sharding.replicated(mesh)),

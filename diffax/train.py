@@ -1,4 +1,5 @@
-"""The training loop; train_step is a module-level pure function, sharded where it is called."""
+"""The training loop: one for every kind of model; the step, state and evaluators come from the
+config's task (`diffax.tasks`)."""
 
 import functools
 import sys
@@ -6,7 +7,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,8 +15,6 @@ from absl import logging
 from diffax import (
     build,
     checkpointing,
-    classifier,
-    diffusion,
     distributed,
     evaluate,
     generate,
@@ -27,212 +25,32 @@ from diffax import (
     preemption,
     sharding,
     summaries,
-    validation,
+    tasks,
 )
-from diffax import timestep_sampler as timestep_sampler_lib
-from diffax.models import text_encoder
-from diffax.train_state import TrainState, step_metrics
-
-
-def train_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    *,
-    model: nn.Module,
-    process: diffusion.GaussianDiffusion,
-    num_levels: int,
-    label_dropout: float,
-    importance_sampling: bool,
-    grad_accum_steps: int = 1,
-    conditioning_fn: Callable[[jax.Array, jax.Array], dict] | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on a global batch {"image": [B, H, W, C], "label": [B]} (and "tokens"
-    [B, L] for a text-conditioned model, or "context" [B, L, D] and "context_mask" [B, L] for one
-    on stored embeddings); pure.
-
-    label_dropout is the chance a label becomes the null class, or a caption the empty one;
-    conditioning_fn(images, key) makes the backbone's further inputs from the batch (see
-    build.conditioning_fn; super-resolution's low-resolution copies, inpainting's masks). With a
-    data-parallel mesh the gradients are computed per device (sharding.data_parallel).
-    """
-    images, labels = batch["image"], batch["label"]
-    tokens = batch.get("tokens")
-    batch_size = images.shape[0]
-    # Every random draw derives from (base key, step): a resumed run repeats them exactly.
-    key = jax.random.fold_in(state.rng, state.step)
-    t_key, noise_key, label_key, dropout_key = jax.random.split(key, 4)
-    if importance_sampling:
-        t, weights = timestep_sampler_lib.loss_second_moment_sample(
-            state.sampler_state, t_key, batch_size
-        )
-    else:
-        t, weights = timestep_sampler_lib.uniform_sample(t_key, batch_size, process.num_timesteps)
-    noise = jax.random.normal(noise_key, images.shape, images.dtype)
-    num_classes = getattr(model, "num_classes", 0)
-    if num_classes:
-        drop = jax.random.uniform(label_key, labels.shape) < label_dropout
-        labels = jnp.where(drop, num_classes, labels)  # The null class.
-    if text_encoder.is_text_conditioned(model):
-        if tokens is None:
-            raise ValueError("A text-conditioned model needs batch['tokens'] (data.text_length).")
-        # Caption dropout to the empty caption, the null context of guidance.
-        drop = jax.random.uniform(jax.random.fold_in(label_key, 1), labels.shape) < label_dropout
-        null = text_encoder.null_tokens(batch_size, tokens.shape[1])
-        tokens = jnp.where(drop[:, None], null, tokens)
-    else:
-        tokens = None
-    context = None
-    if text_encoder.is_context_conditioned(model):
-        if "context" not in batch:
-            raise ValueError(
-                "A model on stored embeddings needs batch['context'] and batch['context_mask'] "
-                "(data.text_embeddings)."
-            )
-        # Caption dropout to the null context: zero embeddings, every key masked (the same
-        # draw as the tokens' above).
-        drop = jax.random.uniform(jax.random.fold_in(label_key, 1), labels.shape) < label_dropout
-        context = {
-            "context": jnp.where(drop[:, None, None], 0.0, batch["context"]),
-            "context_mask": jnp.where(drop[:, None], False, batch["context_mask"]),
-        }
-    # Its own key (not a fifth split above), so models without it draw exactly as before.
-    cond = {}
-    if conditioning_fn is not None:
-        cond = conditioning_fn(images, jax.random.fold_in(key, 1))
-
-    def loss_fn(params, micro):
-        x0, t_micro, noise_micro, y, w, tok, ctx, c, rng = micro
-        model_fn = models.model_fn(
-            model,
-            params,
-            y,
-            train=True,
-            dropout_rng=rng,
-            tokens=tok,
-            context=ctx,
-            conditioning=c or None,
-        )
-        terms = diffusion.training_losses(
-            process, model_fn, x0, t_micro, noise_micro, num_levels=num_levels
-        )
-        return jnp.mean(terms["loss"] * w), terms
-
-    micro = (images, t, noise, labels, weights, tokens, context, cond)
-    grads_fn = functools.partial(_loss_and_grads, loss_fn, grad_accum_steps=grad_accum_steps)
-    if mesh is not None:
-        grads_fn = sharding.data_parallel(grads_fn, mesh)
-    (loss, terms), grads = grads_fn(state.params, micro, dropout_key)
-
-    sampler_state = state.sampler_state
-    if importance_sampling:
-        per_example = jax.lax.stop_gradient(terms["loss"])
-        sampler_state = timestep_sampler_lib.loss_second_moment_update(
-            sampler_state, t, per_example
-        )
-    new_state = state.apply_gradients(grads, sampler_state=sampler_state)
-    return new_state, step_metrics(loss, terms, grads, new_state)
-
-
-def _loss_and_grads(loss_fn, params, micro, dropout_key, *, grad_accum_steps: int):
-    """Returns ((mean loss, per-example terms), gradients) of loss_fn over micro's examples; with
-    grad_accum_steps > 1 the micro-batches run one after another in a scan."""
-    if grad_accum_steps == 1:
-        return jax.value_and_grad(loss_fn, has_aux=True)(params, (*micro, dropout_key))
-    batch_size = micro[0].shape[0]
-    split = lambda x: x.reshape(grad_accum_steps, batch_size // grad_accum_steps, *x.shape[1:])
-    micro = jax.tree.map(split, micro)
-    rngs = jax.random.split(dropout_key, grad_accum_steps)
-
-    def accumulate(grad_sum, inputs):
-        (loss_i, terms_i), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(params, inputs)
-        return jax.tree.map(jnp.add, grad_sum, grads_i), (loss_i, terms_i)
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, (losses, terms) = jax.lax.scan(accumulate, zeros, (*micro, rngs))
-    grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
-    terms = jax.tree.map(lambda x: x.reshape(batch_size), terms)
-    return (jnp.mean(losses), terms), grads
-
-
-def make_train_step(
-    config: ml_collections.ConfigDict,
-    model: nn.Module,
-    process,
-    mesh: jax.sharding.Mesh | None = None,
-) -> Callable:
-    """Returns the config's pure step(state, batch) -> (state, metrics): the denoiser's, or
-    `classifier.train_step` for a noisy classifier, `autoencoder.train_step` for an autoencoder."""
-    if build.is_classifier(config):
-        return functools.partial(classifier.train_step, model=model, process=process)
-    if build.is_continuous(config):
-        from diffax import continuous_train
-
-        return functools.partial(
-            continuous_train.train_step,
-            model=model,
-            gamma=process.schedule_module if process.learned else process.fixed_gamma,
-            num_levels=config.data.num_levels,
-            weighting=config.diffusion.weighting,
-            learned_schedule=process.learned,
-            mean_type=config.diffusion.mean_type,
-            min_snr_gamma=config.diffusion.min_snr_gamma,
-            gamma_range=process.gamma_range,
-            label_dropout=config.training.label_dropout,
-        )
-    if build.is_autoencoder(config):
-        from diffax import autoencoder
-
-        training = config.training
-        common = dict(
-            model=model,
-            kl_weight=training.kl_weight,
-            reconstruction=training.reconstruction_loss,
-            perceptual_fn=build.perceptual_fn(config),
-            perceptual_weight=training.perceptual_weight,
-        )
-        if build.is_gan(config):
-            return functools.partial(
-                autoencoder.gan_train_step,
-                discriminator=build.create_discriminator(config),
-                disc_weight=training.disc_weight,
-                disc_start=training.disc_start,
-                **common,
-            )
-        return functools.partial(autoencoder.train_step, **common)
-    return functools.partial(
-        train_step,
-        model=model,
-        process=process,
-        num_levels=build.data_levels(config),
-        label_dropout=config.training.label_dropout,
-        importance_sampling=config.diffusion.timestep_sampler == "loss_second_moment",
-        grad_accum_steps=config.training.grad_accum_steps,
-        conditioning_fn=build.conditioning_fn(config, train=True),
-        mesh=mesh,
-    )
+from diffax.train_state import TrainState
 
 
 class Trainer:
-    """Builds the model, process, mesh, sharded state and jitted step of a config, once; and for
-    latent diffusion the frozen autoencoder (`latent`, else None)."""
+    """Builds the model, process, mesh, sharded state and jitted step of a config's task, once;
+    and for latent diffusion the frozen autoencoder (`latent`, else None)."""
 
     def __init__(self, config: ml_collections.ConfigDict, devices=None):
         self.config = config
+        self.task = tasks.get(config)
         self.mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, devices)
         self.latent = latents.load(config, self.mesh) if build.is_latent(config) else None
         self.model = build.create_model(config)
-        self.process = build.create_process(config)
-        self.tx = build.create_optimizer(config)
+        self.process = self.task.create_process(config)
+        self.tx = self.task.create_optimizer(config)
         self._init = functools.partial(
-            build.init_state, model=self.model, tx=self.tx, config=config
+            tasks.init_state, model=self.model, tx=self.tx, config=config
         )
         self.rng = jax.random.PRNGKey(config.seed)
-        self.abstract_state, self.state_shardings = build.abstract_state(
+        self.abstract_state, self.state_shardings = tasks.abstract_state(
             config, self.model, self.tx, self.mesh
         )
         self.batch_sharding = sharding.batch_sharding(self.mesh)
-        step = make_train_step(config, self.model, self.process, self.mesh)
+        step = self.task.train_step(config, self.model, self.process, self.mesh)
         self.train_step = jax.jit(
             step,
             in_shardings=(self.state_shardings, self.batch_sharding),
@@ -288,29 +106,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     with preemption.PreemptionGuard() as guard:
         trainer, state, writer = train(config, workdir, guard=guard)
-        if build.is_classifier(config) or build.is_autoencoder(config):
-            evaluator = (
-                evaluate.evaluate_classifier
-                if build.is_classifier(config)
-                else evaluate.evaluate_autoencoder
-            )
-            return evaluator(
-                config,
-                workdir,
-                model=trainer.model,
-                process=trainer.process,
-                mesh=trainer.mesh,
-                params=evaluate.eval_params(state, config),
-                step=int(jax.device_get(state.step)),
-                writer=writer,
-            )
         return evaluate.evaluate_params(
             config,
             workdir,
             model=trainer.model,
             process=trainer.process,
             mesh=trainer.mesh,
-            params=evaluate.eval_params(state, config),
+            params=trainer.task.eval_params(state, config),
             step=int(jax.device_get(state.step)),
             writer=writer,
             latent=trainer.latent,
@@ -342,11 +144,12 @@ def train(
 ):
     """Trains to training.num_steps, resuming from the newest checkpoint.
 
-    Returns (trainer, final state, TensorBoard writer or None); raises Preempted on SIGTERM and
-    FloatingPointError after training.max_consecutive_skips non-finite updates in a row. Every
-    exit waits for the checkpoint being written, so none is left half-saved.
+    The config is taken as checked: `diffax.main` runs `validation.validate_config` once, before
+    anything is built or written. Returns (trainer, final state, TensorBoard writer or None);
+    raises Preempted on SIGTERM and FloatingPointError after training.max_consecutive_skips
+    non-finite updates in a row. Every exit waits for the checkpoint being written, so none is
+    left half-saved.
     """
-    validation.validate_config(config, None if devices is None else len(devices))
     if guard is None:
         with preemption.PreemptionGuard() as own_guard:
             return train(config, workdir, devices, own_guard)
@@ -398,7 +201,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
     writer = summaries.create_writer(workdir)
     grid_size = min(config.eval.num_samples, 100)  # Grids during training: 100 at most.
     generator = None
-    if training.sample_every and not (build.is_classifier(config) or build.is_autoencoder(config)):
+    if training.sample_every and trainer.task.draws_samples:
         generator = generate.Generator(
             config, trainer.model, trainer.process, trainer.mesh, num_samples=grid_size
         )
@@ -449,7 +252,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
                     workdir,
                     f"samples_{done:08d}",
                     generator,
-                    evaluate.eval_params(state, config),
+                    trainer.task.eval_params(state, config),
                     seed=done,
                     num_samples=grid_size,
                     latent=trainer.latent,

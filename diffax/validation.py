@@ -5,53 +5,21 @@ BETA_SCHEDULES, unet.reachable_resolutions, layers.attention_heads, sharding.che
 a new option is accepted here as soon as its module offers it.
 """
 
-import os
-
 import jax
 import ml_collections
 
-from diffax import build, diffusion, generate, schedules, sharding, solvers, timestep_sampler
+from diffax import build, diffusion, generate, schedules, sharding, solvers, tasks, timestep_sampler
+from diffax.config_checks import ConfigError
+from diffax.config_checks import choice as _choice
+from diffax.config_checks import int_tuple as _int_tuple
+from diffax.config_checks import number as _number
+from diffax.config_checks import positive_int as _positive_int
 from diffax.datasets import captions
 from diffax.models import dit, layers, unet
 
 DTYPES = ("float32", "bfloat16", "float16")
 # model.text_positions: the text encoder's position code (models.text_encoder.TextEncoder).
 TEXT_POSITIONS = ("learned", "none", "words")
-
-
-class ConfigError(ValueError):
-    """A config field holds a value diffax cannot use; the message names field and choices."""
-
-
-def _choice(value, field: str, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{field}={value!r} is not one of {', '.join(map(repr, allowed))}.")
-
-
-def _positive_int(value, field: str, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        kind = "a non-negative" if allow_zero else "a positive"
-        raise ConfigError(f"{field}={value!r} must be {kind} integer.")
-
-
-def _number(value, field: str, low: float, high: float, high_open: bool = False) -> None:
-    """Checks a real number in [low, high] (or [low, high)); bools, None and NaN are refused."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    ok = ok and low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise ConfigError(f"{field}={value!r} must be a number in [{low}, {high}{bracket}.")
-
-
-def _int_tuple(value, field: str, allow_empty: bool) -> tuple:
-    """Checks a tuple (or list) of positive ints."""
-    ok = isinstance(value, (tuple, list)) and (allow_empty or len(value) > 0)
-    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    if not ok:
-        raise ConfigError(f"{field}={value!r} must be a tuple of positive integers.")
-    return tuple(value)
 
 
 def _validate_unet(config: ml_collections.ConfigDict) -> None:
@@ -124,8 +92,7 @@ def _validate_dit(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_autoencoder(config: ml_collections.ConfigDict) -> None:
-    from diffax import autoencoder
-
+    """Checks the KL autoencoder's own fields (model.*); its loss fields are its task's."""
     m, data = config.model, config.data
     widths = _int_tuple(m.block_out_channels, "model.block_out_channels", allow_empty=False)
     _positive_int(m.layers_per_block, "model.layers_per_block")
@@ -143,24 +110,6 @@ def _validate_autoencoder(config: ml_collections.ConfigDict) -> None:
             f"data.image_size={data.image_size} must be divisible by {factor}, the autoencoder's "
             f"downsampling for model.block_out_channels={widths}."
         )
-    _choice(
-        config.training.reconstruction_loss,
-        "training.reconstruction_loss",
-        autoencoder.RECONSTRUCTION_KINDS,
-    )
-    _number(config.training.kl_weight, "training.kl_weight", 0.0, float("inf"))
-    if config.training.disc_weight > 0:
-        _positive_int(m.disc_ndf, "model.disc_ndf")
-        _positive_int(m.disc_layers, "model.disc_layers")
-        patches = data.image_size // 2**m.disc_layers - 2
-        if patches < 1:
-            raise ConfigError(
-                f"model.disc_layers={m.disc_layers} leaves the discriminator no patch of a "
-                f"{data.image_size}-pixel image (it needs data.image_size >= "
-                f"{3 * 2**m.disc_layers}); lower model.disc_layers."
-            )
-    if m.class_cond:
-        raise ConfigError(f"model.name={m.name!r} ignores labels: set model.class_cond=False.")
 
 
 def _validate_autoencoder_loss(config: ml_collections.ConfigDict) -> None:
@@ -173,21 +122,6 @@ def _validate_autoencoder_loss(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"training.lpips_weights={training.lpips_weights!r} must be a path (a string)."
         )
-    name = config.model.name
-    if name not in build.AUTOENCODERS:
-        for field in ("disc_weight", "perceptual_weight"):
-            if training[field] > 0:
-                raise ConfigError(
-                    f"training.{field}={training[field]} is an autoencoder's loss term, but "
-                    f"model.name={name!r} is not one of {', '.join(build.AUTOENCODERS)}: set it 0."
-                )
-        return
-    path = training.lpips_weights
-    if training.perceptual_weight > 0 and path and not os.path.isfile(path):
-        raise ConfigError(
-            f"training.lpips_weights={path!r} is not a file: give the .safetensors or .npz "
-            "that python -m diffax.tools.convert_lpips writes, or '' to skip the term."
-        )
 
 
 def _validate_model(config: ml_collections.ConfigDict) -> None:
@@ -198,20 +132,13 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
         _validate_unet(config)
     elif m.name == "dit":
         _validate_dit(config)
-    elif m.name in build.AUTOENCODERS:
+    elif m.name == "autoencoder_kl":
         _validate_autoencoder(config)
     _choice(m.dtype, "model.dtype", DTYPES)
     _number(m.dropout, "model.dropout", 0.0, 1.0, high_open=True)
     _positive_int(data.num_classes, "data.num_classes", allow_zero=True)
     if not isinstance(m.class_cond, bool):
         raise ConfigError(f"model.class_cond={m.class_cond!r} must be True or False.")
-    if m.name in build.CLASSIFIERS and data.num_classes < 1:
-        raise ConfigError(
-            f"model.name={m.name!r} needs labelled data: data.num_classes >= 1 "
-            f"(got {data.num_classes})."
-        )
-    if m.name in build.CLASSIFIERS and m.class_cond:
-        raise ConfigError(f"model.name={m.name!r} predicts labels: set model.class_cond=False.")
     if m.class_cond and data.num_classes < 1:
         raise ConfigError(
             f"model.class_cond=True needs data.num_classes >= 1 (got {data.num_classes})."
@@ -307,54 +234,6 @@ def _validate_stored_embeddings(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _validate_continuous(config: ml_collections.ConfigDict) -> None:
-    from diffax import continuous
-
-    d = config.diffusion
-    _choice(d.gamma_schedule, "diffusion.gamma_schedule", continuous.SCHEDULES)
-    _choice(d.weighting, "diffusion.weighting", continuous.WEIGHTINGS)
-    for field in ("gamma_min", "gamma_max"):
-        _number(d[field], f"diffusion.{field}", -float("inf"), float("inf"))
-    if not d.gamma_min < d.gamma_max:
-        raise ConfigError(
-            f"diffusion.gamma_min={d.gamma_min} must be below diffusion.gamma_max={d.gamma_max}: "
-            "-log SNR increases from t = 0 to t = 1."
-        )
-    _positive_int(d.schedule_hidden, "diffusion.schedule_hidden")
-    _number(d.min_snr_gamma, "diffusion.min_snr_gamma", 0.0, float("inf"))
-    if d.min_snr_gamma == 0:
-        raise ConfigError("diffusion.min_snr_gamma=0 must be positive (Hang et al.'s gamma).")
-    if d.gamma_schedule == "learned" and d.weighting != "elbo":
-        raise ConfigError(
-            f"diffusion.gamma_schedule='learned' needs diffusion.weighting='elbo' (got "
-            f"{d.weighting!r}): with another weighting the schedule changes the objective."
-        )
-    if d.var_type in diffusion.LEARNED_VAR_TYPES:
-        raise ConfigError(
-            f"diffusion.kind='continuous' with diffusion.var_type={d.var_type!r}: the continuous "
-            "bound fixes the reverse variance; use 'fixed_small'."
-        )
-
-
-def _validate_continuous_eval(config: ml_collections.ConfigDict) -> None:
-    ev = config.eval
-    if ev.sampler in generate.CHAIN_SAMPLERS and ev.sampler != "ddim":
-        raise ConfigError(
-            f"eval.sampler={ev.sampler!r} samples the discrete chain only; a continuous-time "
-            f"model takes one of {', '.join(solvers.SAMPLERS)} (e.g. 'ancestral')."
-        )
-    if ev.sample_steps < 1:
-        raise ConfigError(
-            "eval.sample_steps=0 means every step of a discrete chain; a continuous-time model "
-            "needs a positive count of steps."
-        )
-    if ev.classifier_scale:
-        raise ConfigError(
-            f"eval.classifier_scale={ev.classifier_scale}: classifier guidance of continuous-time "
-            "models is not built yet; use 0."
-        )
-
-
 def _validate_diffusion(config: ml_collections.ConfigDict) -> None:
     d = config.diffusion
     _choice(d.schedule, "diffusion.schedule", schedules.BETA_SCHEDULES)
@@ -364,8 +243,6 @@ def _validate_diffusion(config: ml_collections.ConfigDict) -> None:
     _choice(d.loss_type, "diffusion.loss_type", (*diffusion.LOSS_TYPES, *diffusion.LOSS_ALIASES))
     _choice(d.timestep_sampler, "diffusion.timestep_sampler", timestep_sampler.TIMESTEP_SAMPLERS)
     _choice(d.kind, "diffusion.kind", ("discrete", "continuous"))
-    if build.is_continuous(config):
-        _validate_continuous(config)
     loss_type = diffusion.LOSS_ALIASES.get(d.loss_type, d.loss_type)
     if loss_type == "rescaled_mse" and d.var_type not in diffusion.LEARNED_VAR_TYPES:
         raise ConfigError(
@@ -413,7 +290,7 @@ def _validate_training(config: ml_collections.ConfigDict, device_count: int) -> 
 
 
 def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None:
-    ev, d = config.eval, config.diffusion
+    ev = config.eval
     _positive_int(ev.batch_size, "eval.batch_size")
     if ev.batch_size % device_count:
         raise ConfigError(
@@ -429,28 +306,6 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
     _number(ev.ode_tolerance, "eval.ode_tolerance", 0.0, 1.0)
     if ev.ode_tolerance == 0:
         raise ConfigError("eval.ode_tolerance=0 must be positive (the ODE's rtol and atol).")
-    if build.is_continuous(config):
-        _validate_continuous_eval(config)
-    elif ev.sample_steps > d.num_timesteps:
-        raise ConfigError(
-            f"eval.sample_steps={ev.sample_steps} exceeds diffusion.num_timesteps="
-            f"{d.num_timesteps}; use at most {d.num_timesteps} (0 for every step)."
-        )
-    if ev.sampler == "ddim" and ev.sample_steps and not build.is_continuous(config):
-        try:
-            schedules.space_timesteps(d.num_timesteps, f"ddim{ev.sample_steps}")
-        except ValueError as e:
-            raise ConfigError(
-                f"eval.sample_steps={ev.sample_steps} cannot be honoured by a DDIM stride over "
-                f"diffusion.num_timesteps={d.num_timesteps} ({e})."
-            ) from None
-    if ev.sampler not in generate.CHAIN_SAMPLERS and not build.is_continuous(config):
-        if not isinstance(ev.sample_spacing, str):
-            raise ConfigError(f"eval.sample_spacing={ev.sample_spacing!r} must be a string.")
-        try:
-            generate.solver_grid(config, build.create_process(config))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
     _positive_int(ev.solver_order, "eval.solver_order", allow_zero=True)
     _positive_int(ev.chain_frames, "eval.chain_frames", allow_zero=True)
     _positive_int(ev.chain_samples, "eval.chain_samples")
@@ -621,12 +476,6 @@ def _validate_latent(config: ml_collections.ConfigDict) -> None:
         _number(latent.scale, "latent.scale", 0.0, float("inf"))
         if latent.scale == 0:
             raise ConfigError("latent.scale=0 must be positive (the latents are multiplied by it).")
-    name = config.model.name
-    if name in build.AUTOENCODERS or name in build.CLASSIFIERS:
-        raise ConfigError(
-            f"latent.autoencoder={latent.autoencoder!r} trains a denoiser on latents, but "
-            f"model.name={name!r} is not one; use 'unet' or 'dit'."
-        )
     if (
         config.super_resolution.low_res_size
         or config.inpainting.mask_cond
@@ -636,11 +485,6 @@ def _validate_latent(config: ml_collections.ConfigDict) -> None:
             f"latent.autoencoder={latent.autoencoder!r} with super-resolution or inpainting "
             "(super_resolution.low_res_size, inpainting.mask_cond / repaint): image "
             "conditioning on latents is not built yet."
-        )
-    if build.is_continuous(config):
-        raise ConfigError(
-            "diffusion.kind='continuous' on latents is not built yet (its bound assumes "
-            "discrete pixels); use diffusion.kind='discrete'."
         )
     if config.eval.ode_bpd:
         raise ConfigError(
@@ -680,5 +524,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
             raise ConfigError(f"mesh.{field}={value!r} must be an integer.")
     try:
         sharding.check_mesh(mesh.data, mesh.fsdp, device_count)
+        tasks.get(config).check(config)  # The kind's own checks, after the shared ones.
+    except ConfigError:
+        raise
     except ValueError as e:
         raise ConfigError(str(e)) from None

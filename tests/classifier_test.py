@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from configs import digits, digits_classifier, imagenet64_classifier
-from diffax import build, classifier, diffusion, sampling, schedules, solvers
+from diffax import build, classifier, diffusion, models, sampling, schedules, solvers, tasks
 from diffax import timestep_sampler as timestep_sampler_lib
 from diffax.diffusion import GaussianDiffusion
 from diffax.models import count_params
 from diffax.models.classifier import NoisyClassifier
+from diffax.tasks import classifier as classifier_task
 from diffax.train_state import TrainState
 
 # A tiny two-level classifier: 8x8 -> 4x4, attention at 4x4, 3 classes.
@@ -181,7 +182,7 @@ def test_guidance_fn_matches_finite_differences(tiny_classifier):
     model, params = tiny_classifier
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     t, labels = jnp.array([3, 15]), jnp.array([0, 2])
-    grad = np.asarray(jax.jit(classifier.guidance_fn(model, params, labels))(x, t))
+    grad = np.asarray(jax.jit(models.guidance_fn(model, params, labels))(x, t))
     chex.assert_shape(grad, x.shape)
 
     @jax.jit
@@ -259,7 +260,7 @@ def test_guidance_fn_gives_the_gaussian_closed_form():
     x = jnp.linspace(-3.0, 3.0, 12).reshape(12, 1, 1, 1)
     t = jnp.array([0, 5, 10, 20, 30, 40, 49, 25, 15, 3, 8, 45])
     labels = jnp.array([0, 1, 2] * 4)
-    grad = classifier.guidance_fn(model, {}, labels)(x, t)
+    grad = models.guidance_fn(model, {}, labels)(x, t)
     chex.assert_shape(grad, x.shape)
     expected = _closed_form_grad(d, x, np.asarray(t), np.asarray(labels))
     np.testing.assert_allclose(np.asarray(grad)[:, 0, 0, 0], expected, rtol=1e-4, atol=1e-4)
@@ -287,7 +288,7 @@ def test_guided_ddim_with_exact_models_samples_the_class_conditional():
     d = _process(100)
     label = 2
     model = GaussianBayesClassifier(d, MUS, STDS, PRIORS)
-    guide = classifier.guidance_fn(model, {}, jnp.full((4000,), label))
+    guide = models.guidance_fn(model, {}, jnp.full((4000,), label))
     guided = classifier.guided_model_fn(_mixture_eps(d), guide, d, 1.0)
     run = jax.jit(lambda key: sampling.ddim_sample(d, guided, (4000, 1, 1, 1), key, eta=0.0,
                                                    clip_denoised=False)["sample"])  # fmt: skip
@@ -443,7 +444,7 @@ def test_train_step_learns_two_classes_and_traces_once():
     params = jax.jit(model.init)(jax.random.key(0), x, jnp.zeros((1,), jnp.int32))["params"]
     sampler_state = timestep_sampler_lib.loss_second_moment_init(d.num_timesteps)
     state = TrainState.create(
-        params, build.create_optimizer(config), (0.99,), jax.random.PRNGKey(1), sampler_state
+        params, tasks.create_optimizer(config), (0.99,), jax.random.PRNGKey(1), sampler_state
     )
 
     rng = np.random.default_rng(0)
@@ -469,7 +470,7 @@ def test_train_step_learns_two_classes_and_traces_once():
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(state, batch):
-        return classifier.train_step(state, batch, model=model, process=d)
+        return classifier_task.train_step(state, batch, model=model, process=d)
 
     loss_before, _ = evaluate(state.params)
     for _ in range(30):

@@ -18,6 +18,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402  (after the environment above: nothing may import jax first)
 
+from diffax import tasks
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
@@ -77,9 +79,9 @@ def make_autoencoder_workdir(workdir, data_dir, num_steps=1, scale=2.0, channel_
     config.model.block_out_channels = (8, 8)
     config.model.norm_num_groups = 4
     config.training.num_steps = num_steps
-    model, tx = build.create_model(config), build.create_optimizer(config)
+    model, tx = build.create_model(config), tasks.create_optimizer(config)
     key = jax.random.key(0, impl="rbg")  # threefry's init of ~100 leaves compiles slowly.
-    state = build.init_state(key, model=model, tx=tx, config=config)
+    state = tasks.init_state(key, model=model, tx=tx, config=config)
     state = state.replace(step=state.step + num_steps, rng=jax.random.PRNGKey(0))
     with checkpointing.managed(str(workdir)) as manager:
         checkpointing.save(manager, num_steps, state, config)

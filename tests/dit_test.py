@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import digits_dit, digits_dit_text, imagenet256_dit_xl2
-from diffax import build, train, validation
+from diffax import build, tasks, train, validation
 from diffax.models import count_params, dit
 from diffax.tools import flops
 from diffax.validation import ConfigError
@@ -340,7 +340,7 @@ def test_digits_dit_config_validates_builds_and_lowers_a_train_step():
     validation.validate_config(config, device_count=jax.device_count())
     model = build.create_model(config)
     assert isinstance(model, dit.DiT) and model.num_classes == 10 and model.out_channels == 2
-    params = jax.eval_shape(lambda r: build.init_params(r, model, config), jax.random.key(0))
+    params = jax.eval_shape(lambda r: tasks.init_params(r, model, config), jax.random.key(0))
     assert count_params(params) == param_formula(128, 6, 2, 1, 2, 10)
     # Lowering traces the whole sharded step (loss, gradients, AdamW, EMA) on abstract inputs;
     # Trainer.compile would add about 30 s of XLA compilation on two CPU cores.
@@ -355,7 +355,7 @@ def test_digits_dit_text_config_builds_a_dit_that_cross_attends_and_pools_the_ca
     validation.validate_config(config, device_count=jax.device_count())
     model = build.create_model(config)
     assert isinstance(model.denoiser, dit.DiT) and model.denoiser.pool_context
-    params = jax.eval_shape(lambda r: build.init_params(r, model, config), jax.random.key(0))
+    params = jax.eval_shape(lambda r: tasks.init_params(r, model, config), jax.random.key(0))
     denoiser = params["denoiser"]
     assert "context_embed" in denoiser and "cross_attn" in denoiser["block_5"]
     assert set(params) == {"denoiser", "encoder"}
@@ -366,7 +366,7 @@ def test_imagenet256_dit_xl2_config_builds_the_paper_model():
     model = build.create_model(config)
     assert (model.hidden_size, model.depth, model.num_heads) == dit.DIT_SIZES["XL"]
     assert model.patch_size == 2 and model.out_channels == 8 and model.num_classes == 1000
-    params = jax.eval_shape(lambda r: build.init_params(r, model, config), jax.random.key(0))
+    params = jax.eval_shape(lambda r: tasks.init_params(r, model, config), jax.random.key(0))
     assert count_params(params) == 674_834_720
 
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from diffax import build, generate, sharding, solvers
+from diffax import build, generate, sharding, solvers, tasks
 
 
 @pytest.fixture(scope="module")
 def params():
     config = tiny.get_config()
     model = build.create_model(config)
-    return build.init_params(jax.random.PRNGKey(0), model, config)
+    return tasks.init_params(jax.random.PRNGKey(0), model, config)
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,7 @@ def test_each_sampler_draws_finite_samples_with_honest_nfe(params, sampler, step
     config = tiny.get_config()
     config.eval.sampler = sampler
     config.eval.sample_steps = steps
-    model, process = build.create_model(config), build.create_process(config)
+    model, process = build.create_model(config), tasks.create_process(config)
     mesh = sharding.create_mesh()
     generator = generate.Generator(config, model, process, mesh, num_samples=8)
     images = generator.generate(params, 12, seed=0)  # Two batches of 8: one compilation.
@@ -43,7 +43,7 @@ def test_solver_grid_follows_the_spacing_and_ends_clean():
         5,
         "uniform",
     )
-    process = build.create_process(config)
+    process = tasks.create_process(config)
     grid = generate.solver_grid(config, process)
     expected = solvers.spacing_timesteps(process, 5, "uniform")
     np.testing.assert_array_equal(np.asarray(grid.model_t[:-1]), expected)
@@ -65,11 +65,11 @@ def test_classifier_guidance_at_scale_zero_changes_nothing_and_moves_samples_oth
 ):
     config = tiny.get_config()
     config.eval.sampler, config.eval.sample_steps = sampler, 5
-    model, process = build.create_model(config), build.create_process(config)
+    model, process = build.create_model(config), tasks.create_process(config)
     mesh = sharding.create_mesh()
     classifier_config = _tiny_classifier_config()
     classifier_model = build.create_model(classifier_config)
-    classifier_params = build.init_params(
+    classifier_params = tasks.init_params(
         jax.random.PRNGKey(3), classifier_model, classifier_config
     )
     plain = generate.Generator(config, model, process, mesh, num_samples=8)
@@ -98,7 +98,7 @@ def test_classifier_guidance_at_scale_zero_changes_nothing_and_moves_samples_oth
 
 def test_the_chain_ends_in_the_samples_and_has_the_asked_frames(params):
     config = tiny.get_config()  # DDPM, 10 respaced steps.
-    model, process = build.create_model(config), build.create_process(config)
+    model, process = build.create_model(config), tasks.create_process(config)
     generator = generate.Generator(config, model, process, sharding.create_mesh(), num_samples=8)
     images, chain = generator.generate_with_chain(params, 12, seed=0, chain_frames=5)
     chex.assert_shape(chain, (6, 8, 8, 8, 1))  # 5 frames every 2 steps, then the samples.

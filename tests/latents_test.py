@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffax import latents, sharding, train
+from diffax import latents, sharding, tasks, train
 from diffax.models import count_params
 
 
@@ -99,7 +99,7 @@ def test_trainer_of_a_latent_config_trains_on_latent_shapes_and_traces_once(late
     config = latent_config()
     trainer = train.Trainer(config)
     assert trainer.latent is not None and trainer.latent.scale == 2.0
-    step_fn = train.make_train_step(config, trainer.model, trainer.process)
+    step_fn = tasks.make_train_step(config, trainer.model, trainer.process)
     assert step_fn.keywords["num_levels"] == 0  # The continuous decoder: latents are not levels.
 
     @jax.jit

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from configs import digits_autoencoder
-from diffax import build, train
+from diffax import build, tasks, train
 from diffax.metrics import lpips
+from diffax.tasks import autoencoder as autoencoder_task
 
 SMALL = (4, 8, 8, 8, 8)  # Reduced VGG widths: the layout of VGG16's, a few thousand weights.
 
@@ -139,10 +140,10 @@ def test_main_job_trains_with_the_lpips_term(weights, data_dir, tmp_path, caplog
     config.model.norm_num_groups = 4
     config.training.update(num_steps=2, warmup_steps=1, checkpoint_every=2, log_every=1)
     config.training.perceptual_weight = 1.0
-    assert build.perceptual_fn(config) is None  # No file: skipped, with one warning.
+    assert autoencoder_task.perceptual_fn(config) is None  # No file: skipped, with one warning.
     assert "the LPIPS term is skipped" in caplog.text
     config.training.lpips_weights = weights[0]
-    step = train.make_train_step(config, build.create_model(config), None)
+    step = tasks.make_train_step(config, build.create_model(config), None)
     assert step.keywords["perceptual_fn"] is not None
     caplog.set_level("INFO")
     _, state, _ = train.train(config, str(tmp_path), jax.devices()[:1])

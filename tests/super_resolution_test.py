@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from diffax import build, evaluate, super_resolution, train, validation
+from diffax import build, evaluate, super_resolution, tasks, train, validation
 
 
 def test_downsample_is_the_block_average():
@@ -109,7 +109,7 @@ def test_backbones_see_the_low_resolution_image_and_its_level(name):
     if name == "dit":
         config.model.hidden_size, config.model.depth, config.model.num_heads = 32, 1, 2
     model = build.create_model(config)
-    params = build.init_params(jax.random.PRNGKey(0), model, config)
+    params = tasks.init_params(jax.random.PRNGKey(0), model, config)
     # Zero-initialised output layers would hide the inputs: perturb every parameter.
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
@@ -175,7 +175,7 @@ def test_shipped_upsampler_configs_validate_and_build():
         config = make.get_config()
         validation.validate_config(config, 8)
         model = build.create_model(config)
-        init = functools.partial(build.init_params, model=model, config=config)
+        init = functools.partial(tasks.init_params, model=model, config=config)
         params = jax.eval_shape(init, jax.random.PRNGKey(0))
         # The input conv reads x_t and the upsampled low-resolution image: 2C channels.
         c = config.data.num_channels

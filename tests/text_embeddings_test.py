@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffax import build, diffusion, input_pipeline, models, text_embeddings, validation
+from diffax import build, diffusion, input_pipeline, models, tasks, text_embeddings, validation
 from diffax.models import text_encoder
 from diffax.models.unet import UNet
 from diffax.tools import embed_captions
@@ -129,10 +129,10 @@ def test_npz_batch_gives_the_training_loss_of_the_encoder_on_the_same_captions(d
     # handling of the context batch runs in main_test's end-to-end run).
     text_model, stored_model = build.create_model(config), build.create_model(stored)
     x, t = jnp.asarray(batches[0]["image"]), jnp.arange(16) % config.diffusion.num_timesteps
-    params = build.init_params(jax.random.PRNGKey(0), text_model, config)
+    params = tasks.init_params(jax.random.PRNGKey(0), text_model, config)
     params = {**params, "encoder": encoder_params}
     noise = jax.random.normal(jax.random.PRNGKey(1), x.shape)
-    process = build.create_process(config)
+    process = tasks.create_process(config)
     text_inputs = jnp.asarray(batches[0]["tokens"])
     stored_inputs = {k: jnp.asarray(batches[1][k]) for k in ("context", "context_mask")}
 

@@ -19,9 +19,13 @@ from diffax import (
     evaluate,
     input_pipeline,
     models,
+    restore,
     sharding,
+    tasks,
     train,
 )
+from diffax.evaluators import ode_bpd
+from diffax.tasks import denoiser
 
 
 def _run_steps(trainer, config, num_steps, state=None):
@@ -55,15 +59,15 @@ def test_every_config_builds_its_model_abstractly(make, out_channels, min_params
     config = make.get_config()
     model = build.create_model(config)
     assert model.out_channels == out_channels
-    tx = build.create_optimizer(config)
+    tx = tasks.create_optimizer(config)
     state = jax.eval_shape(
-        functools.partial(build.init_state, model=model, tx=tx, config=config),
+        functools.partial(tasks.init_state, model=model, tx=tx, config=config),
         jax.random.PRNGKey(0),
     )
     n = models.count_params(state.params)
     assert min_params <= n <= max_params, n
     assert len(state.ema_params) == len(config.training.ema_rates)
-    assert build.create_process(config).num_timesteps == config.diffusion.num_timesteps
+    assert tasks.create_process(config).num_timesteps == config.diffusion.num_timesteps
 
 
 def _fixed_loss(trainer, params, batch, key):
@@ -219,7 +223,7 @@ def test_train_step_compiles_once():
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(state, batch):
-        return train.train_step(
+        return denoiser.train_step(
             state,
             batch,
             model=trainer.model,
@@ -312,14 +316,14 @@ def test_a_noisy_classifier_trains_evaluates_and_guides_from_its_workdir(tiny_co
     assert 0.0 <= results["test/accuracy_t0"] <= 1.0
     # A diffusion model on the same process finds it through eval.classifier_workdir.
     sampled = tiny_config(**{"eval.classifier_scale": 1.0, "eval.classifier_workdir": workdir})
-    model, params = evaluate.restore_classifier(sampled, sharding.create_mesh())
+    model, params = restore.restore_classifier(sampled, sharding.create_mesh())
     assert model.num_classes == 10 and models.count_params(params) > 0
     sampled.diffusion.num_timesteps = 40
     with pytest.raises(ValueError, match="diffusion.num_timesteps=20"):
-        evaluate.restore_classifier(sampled, sharding.create_mesh())
+        restore.restore_classifier(sampled, sharding.create_mesh())
     with pytest.raises(FileNotFoundError, match="eval.classifier_workdir"):
         sampled.eval.classifier_workdir = str(tmp_path / "nothing")
-        evaluate.restore_classifier(sampled, sharding.create_mesh())
+        restore.restore_classifier(sampled, sharding.create_mesh())
 
 
 def test_an_autoencoder_trains_and_reports_psnr_and_its_latent_scale(tiny_config, tmp_path):
@@ -381,8 +385,8 @@ def test_the_ode_likelihood_of_a_class_conditional_discrete_model(tiny_config):
     config.eval.update(ode_bpd=True, ode_divergence="hutchinson", ode_tolerance=1e-2)
     trainer = train.Trainer(config)
     assert trainer.model.num_classes == 10
-    params = evaluate.eval_params(trainer.init(), config)
-    out = evaluate.evaluate_ode_bpd(config, trainer.model, trainer.process, trainer.mesh, params)
+    params = tasks.eval_params(trainer.init(), config)
+    out = ode_bpd.evaluate_ode_bpd(config, trainer.model, trainer.process, trainer.mesh, params)
     assert np.isfinite(out["ode_bpd"])
 
 
@@ -409,7 +413,7 @@ def test_text_train_step_compiles_once_trains_the_encoder_and_drops_captions():
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(state, batch, label_dropout):
-        return train.train_step(state, batch, label_dropout=label_dropout, **options)
+        return denoiser.train_step(state, batch, label_dropout=label_dropout, **options)
 
     state = trainer.init()
     before = jax.device_get(state.params)

@@ -19,7 +19,7 @@ from configs import (
     tiny,
     tiny_text,
 )
-from diffax import build, generate, validation
+from diffax import build, generate, tasks, validation
 from diffax.validation import ConfigError
 
 # (field, invalid value) pairs; each must be rejected with a message naming the field.
@@ -183,10 +183,10 @@ def test_a_config_validation_accepts_builds_and_one_it_refuses_names_the_field(f
         assert "\n" not in message
         return
     model = build.create_model(config)
-    jax.eval_shape(lambda rng: build.init_params(rng, model, config), jax.random.PRNGKey(0))
-    build.create_process(config)
-    build.create_optimizer(config)
-    generate.sampling_process(config, build.create_process(config))
+    jax.eval_shape(lambda rng: tasks.init_params(rng, model, config), jax.random.PRNGKey(0))
+    tasks.create_process(config)
+    tasks.create_optimizer(config)
+    generate.sampling_process(config, tasks.create_process(config))
 
 
 def _latent_tiny():

@@ -53,7 +53,6 @@ import jax.numpy as jnp
 import numpy as np
 
 INCEPTION_SIZE = 299
-NUM_POOL_FEATURES = 2048
 NUM_LOGITS = 1008
 BATCH_NORM_EPSILON = 1e-3
 _BATCH_STATS_LEAVES = ("mean", "var")

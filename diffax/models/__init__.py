@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 
+from diffax.classifier import GuidanceFn, log_prob_grad_fn
 from diffax.diffusion import ModelFn
 from diffax.models import text_encoder
 
@@ -59,3 +60,12 @@ def model_fn(
         return model.apply({"params": params}, x_t, timesteps, y, train=train, rngs=rngs, **extra)
 
     return fn
+
+
+def guidance_fn(model: Any, params: Any, labels: jax.Array) -> GuidanceFn:
+    """Returns fn(x_t, model_t) -> grad_x log p(labels | x_t) [B, H, W, C] of a NoisyClassifier.
+
+    model_t [B] are original-process timesteps (as the solvers pass them); the classifier runs in
+    eval mode (no dropout). Pass it to `solvers.denoiser(guidance_fn=...)` or `guided_model_fn`.
+    """
+    return log_prob_grad_fn(model_fn(model, params), labels)

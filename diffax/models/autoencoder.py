@@ -270,7 +270,7 @@ class AutoencoderKL(nn.Module):
     logvar), `model.apply({"params": p}, x, method=model.encode)` for (mean, logvar) and
     `model.apply({"params": p}, z, method=model.decode)` for images. Images are `[B, H, W,
     in_channels]` (usually in [-1, 1]) with H and W multiples of f; latents are unscaled (multiply
-    by `diffax.autoencoder.latent_scale` before diffusion).
+    by the scale of `diffax.autoencoder.latent_stats` before diffusion).
     """
 
     in_channels: int = 3

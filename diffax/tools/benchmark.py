@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffax import build, cpu_devices, evaluate, generate, models, sharding, train
+from diffax import build, cpu_devices, generate, models, sharding, tasks, train
 from diffax.tools import flops
 
 # Dense (no structured sparsity) peak FLOP/s per device, by the device_kind substring JAX reports.
@@ -225,7 +225,7 @@ def run(
         "peak_memory_bytes": None,
         "notes": [] if peak else [f"no peak FLOP/s known for {device.device_kind!r}: MFU is null"],
     }
-    params = evaluate.eval_params(state, config)
+    params = tasks.eval_params(state, config)
     for name, sampler, sample_steps in (
         ("ddpm", "ddpm", ddpm_steps),
         ("ddim", "ddim", ddim_steps),

@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffax import build, evaluate, input_pipeline, sharding, text_embeddings
+from diffax import build, input_pipeline, restore, sharding, text_embeddings
 from diffax.datasets import captions
 from diffax.models import text_encoder
 
@@ -51,7 +51,7 @@ def encoder_params(config: ml_collections.ConfigDict, workdir: str | None, seed:
     model = build.create_model(config)
     if workdir:
         mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
-        params, _ = evaluate.restore_eval_params(config, workdir, mesh)
+        params, _ = restore.restore_eval_params(config, workdir, mesh)
         return model.encoder, jax.device_get(params["encoder"])
     tokens = text_encoder.null_tokens(1, config.data.text_length)
     return model.encoder, model.encoder.init(jax.random.PRNGKey(seed), tokens)["params"]

@@ -12,7 +12,7 @@ table's title and the JSON say so. The sides alternate, `--repeats` times each (
 diffax, peer); the table shows every run and the ratios use each side's better run. Each trains
 until `--seconds` have passed since its launch (imports and compilation included), then times the
 full-chain test bits/dim of the 360 test digits and DDIM-50 sampling with its EMA parameters, each
-side with its own code: diffax `evaluate.evaluate_bpd` and `generate.Generator`;
+side with its own code: diffax `evaluators.bpd.evaluate_bpd` and `generate.Generator`;
 improved-diffusion `calc_bpd_loop` and `ddim_sample_loop`. During each run the parent reads the
 machine's busy CPU time (/proc/stat) and the worker's own (its rusage): when anything else took
 more than `--contention_limit` of a core, the run and the table are marked contended, and such a
@@ -666,13 +666,14 @@ def diffax_cpu_worker(spec: dict, launch_time: float) -> dict:
     from diffax import (
         build,
         cpu_devices,
-        evaluate,
         input_pipeline,
         models,
         schedules,
         sharding,
+        tasks,
         train,
     )
+    from diffax.evaluators import bpd as bpd_evaluator
     from diffax.tools import benchmark, flops
 
     config = cpu_config(spec["data_dir"])
@@ -698,7 +699,7 @@ def diffax_cpu_worker(spec: dict, launch_time: float) -> dict:
         spec["window_steps"],
     )
     state = holder["state"]
-    params = evaluate.eval_params(state, config)
+    params = tasks.eval_params(state, config)
     record = {
         "side": DIFFAX,
         "num_params": models.count_params(state.params),
@@ -722,7 +723,7 @@ def diffax_cpu_worker(spec: dict, launch_time: float) -> dict:
         config.eval.batch_size = 360  # The whole test split in one batch, as configs/digits.py.
     with _CompileClock() as clock:
         start = time.time()
-        bpd = evaluate.evaluate_bpd(config, trainer.model, process, trainer.mesh, params)
+        bpd = bpd_evaluator.evaluate_bpd(config, trainer.model, process, trainer.mesh, params)
         wall = time.time() - start
     record["bpd"] = _bpd_section(wall, clock.seconds, k, num_timesteps, bpd["num_examples"])
     record["bpd"]["bpd"] = bpd["bpd"]

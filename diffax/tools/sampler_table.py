@@ -17,7 +17,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffax import build, evaluate, generate, sharding
+from diffax import build, generate, restore, sharding, tasks
 from diffax.metrics import quality
 
 
@@ -45,7 +45,7 @@ def _steps_for(sampler: str, nfe: int) -> int:
 
 def measure(config, params, mesh, num_samples: int, classifier=None) -> dict:
     """Returns {"nfe", "digits_fd", "digits_class_accuracy", "seconds"} of one sampler setting."""
-    model, process = build.create_model(config), build.create_process(config)
+    model, process = build.create_model(config), tasks.create_process(config)
     generator = generate.Generator(config, model, process, mesh, classifier=classifier)
     start = time.perf_counter()
     samples = generator.generate(params, num_samples, seed=1)
@@ -78,7 +78,7 @@ def main(argv) -> None:
     del argv
     config = flags.FLAGS.config
     mesh = sharding.create_mesh()
-    params, _ = evaluate.restore_eval_params(config, flags.FLAGS.workdir, mesh)
+    params, _ = restore.restore_eval_params(config, flags.FLAGS.workdir, mesh)
     rows, full = [], None
     if flags.FLAGS.full_chain:
         setting = _with(config, sampler="ddpm", sample_steps=0)
@@ -116,7 +116,7 @@ def main(argv) -> None:
                 classifier_scale=scale,
                 classifier_workdir=flags.FLAGS.classifier_workdir,
             )
-            classifier = evaluate.restore_classifier(setting, mesh) if scale else None
+            classifier = restore.restore_classifier(setting, mesh) if scale else None
             row = measure(setting, params, mesh, flags.FLAGS.num_samples, classifier)
             guided.append({"classifier_scale": scale, **row})
             print(json.dumps(guided[-1]), flush=True)

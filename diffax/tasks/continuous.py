@@ -1,12 +1,13 @@
-"""Training continuous-time models: the train step, VDM's learned-schedule gradients, init.
+"""The continuous-time denoiser (VDM, Kingma et al. 2021): train step, learned-schedule gradients.
 
-Mirrors `diffax.train.train_step` (same contract: pure, (state, batch) -> (state, metrics)) for the
-processes of `diffax.continuous`; `diffax.build` and `diffax.train` pick it for
-`diffusion.kind="continuous"`.
+Mirrors `diffax.tasks.denoiser.train_step` (same contract: pure, (state, batch) -> (state,
+metrics)) for the processes of `diffax.continuous`; `diffax.tasks` picks it for
+`diffusion.kind="continuous"`. Evaluation is the denoiser's: the evaluators read the process.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from diffax import models
+from diffax import build, config_checks, continuous, diffusion, generate, models, solvers
 from diffax.continuous import (
     GAMMA_MAX,
     GAMMA_MIN,
@@ -28,25 +29,17 @@ from diffax.continuous import (
     training_losses,
 )
 from diffax.models import noise_schedule
+from diffax.tasks import base, denoiser
 from diffax.train_state import TrainState, step_metrics
-
-
-def schedule_module(config: ml_collections.ConfigDict) -> noise_schedule.NoiseSchedule:
-    """Returns the learned schedule of config.diffusion (gamma_min, gamma_max, schedule_hidden)."""
-    d = config.diffusion
-    return noise_schedule.NoiseSchedule(
-        gamma_min=d.get("gamma_min", GAMMA_MIN),
-        gamma_max=d.get("gamma_max", GAMMA_MAX),
-        hidden=d.get("schedule_hidden", 1024),
-    )
 
 
 def init_params(rng: jax.Array, model: nn.Module, config: ml_collections.ConfigDict) -> Any:
     """Returns fresh parameters: the model's, or {"model", "schedule"} for a learned schedule.
 
     The learned layout is what `train_step(..., learned_schedule=True)` and the EMA trees hold;
-    `schedule_module(config).apply({"params": params["schedule"]}, t)` is then gamma_fn. The model
-    is initialised with float32 times (continuous models are called with `model_time`).
+    `build.schedule_module(config).apply({"params": params["schedule"]}, t)` is then gamma_fn.
+    The model is initialised with float32 times (continuous models are called with
+    `model_time`).
     """
     data = config.data
     model_rng, schedule_rng = jax.random.split(rng)
@@ -56,7 +49,7 @@ def init_params(rng: jax.Array, model: nn.Module, config: ml_collections.ConfigD
     params = model.init({"params": model_rng}, x, t, y, train=False)["params"]
     if config.diffusion.get("gamma_schedule", "linear_gamma") != "learned":
         return params
-    schedule = schedule_module(config).init({"params": schedule_rng}, t)["params"]
+    schedule = build.schedule_module(config).init({"params": schedule_rng}, t)["params"]
     return {"model": params, "schedule": schedule}
 
 
@@ -114,7 +107,7 @@ def train_step(
     label_dropout: float = 0.0,
     model_time_scale: float = MODEL_TIME_SCALE,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on {"image": [B, H, W, C], "label": [B]}; pure, like train.train_step.
+    """One optimizer step on {"image": [B, H, W, C], "label": [B]}; pure, like the denoiser's.
 
     gamma: a fixed gamma_fn, or with learned_schedule=True the `NoiseSchedule` module, whose
     parameters are state.params["schedule"] (state.params = {"model", "schedule"}, `init_params`);
@@ -140,8 +133,7 @@ def train_step(
     noise = jax.random.normal(noise_key, images.shape, images.dtype)
     num_classes = getattr(model, "num_classes", 0)
     if num_classes:
-        drop = jax.random.uniform(label_key, labels.shape) < label_dropout
-        labels = jnp.where(drop, num_classes, labels)  # The null class.
+        labels = base.drop_labels(labels, label_key, label_dropout, num_classes)
     kw = dict(mean_type=mean_type, gamma_range=gamma_range, model_time_scale=model_time_scale)
 
     def network(params):
@@ -185,3 +177,82 @@ def train_step(
 
     new_state = state.apply_gradients(grads)
     return new_state, step_metrics(loss, terms, grads, new_state)
+
+
+class Continuous(denoiser.Denoiser):
+    """A diffusion model in continuous time (diffusion.kind="continuous"), evaluated as one."""
+
+    name = "continuous"
+
+    def create_process(self, config):
+        return build.continuous_process(config)
+
+    def check(self, config):
+        """Checks the schedule, the weighting and the sampler of a continuous-time model."""
+        base.Task.check(self, config)  # Not the discrete chain's sampler checks.
+        d, ev = config.diffusion, config.eval
+        ConfigError = config_checks.ConfigError
+        if build.is_latent(config):
+            raise ConfigError(
+                "diffusion.kind='continuous' on latents is not built yet (its bound assumes "
+                "discrete pixels); use diffusion.kind='discrete'."
+            )
+        config_checks.choice(d.gamma_schedule, "diffusion.gamma_schedule", continuous.SCHEDULES)
+        config_checks.choice(d.weighting, "diffusion.weighting", continuous.WEIGHTINGS)
+        for field in ("gamma_min", "gamma_max"):
+            config_checks.number(d[field], f"diffusion.{field}", -float("inf"), float("inf"))
+        if not d.gamma_min < d.gamma_max:
+            raise ConfigError(
+                f"diffusion.gamma_min={d.gamma_min} must be below diffusion.gamma_max="
+                f"{d.gamma_max}: -log SNR increases from t = 0 to t = 1."
+            )
+        config_checks.positive_int(d.schedule_hidden, "diffusion.schedule_hidden")
+        config_checks.number(d.min_snr_gamma, "diffusion.min_snr_gamma", 0.0, float("inf"))
+        if d.min_snr_gamma == 0:
+            raise ConfigError("diffusion.min_snr_gamma=0 must be positive (Hang et al.'s gamma).")
+        if d.gamma_schedule == "learned" and d.weighting != "elbo":
+            raise ConfigError(
+                f"diffusion.gamma_schedule='learned' needs diffusion.weighting='elbo' (got "
+                f"{d.weighting!r}): with another weighting the schedule changes the objective."
+            )
+        if d.var_type in diffusion.LEARNED_VAR_TYPES:
+            raise ConfigError(
+                f"diffusion.kind='continuous' with diffusion.var_type={d.var_type!r}: the "
+                "continuous bound fixes the reverse variance; use 'fixed_small'."
+            )
+        if ev.sampler in generate.CHAIN_SAMPLERS and ev.sampler != "ddim":
+            raise ConfigError(
+                f"eval.sampler={ev.sampler!r} samples the discrete chain only; a continuous-time "
+                f"model takes one of {', '.join(solvers.SAMPLERS)} (e.g. 'ancestral')."
+            )
+        if ev.sample_steps < 1:
+            raise ConfigError(
+                "eval.sample_steps=0 means every step of a discrete chain; a continuous-time "
+                "model needs a positive count of steps."
+            )
+        if ev.classifier_scale:
+            raise ConfigError(
+                f"eval.classifier_scale={ev.classifier_scale}: classifier guidance of "
+                "continuous-time models is not built yet; use 0."
+            )
+
+    def init_params(self, rng, model, config):
+        return init_params(rng, model, config)
+
+    def train_step(self, config, model, process, mesh=None):
+        del mesh  # One jit over the mesh: the partitioner places the all-reduce.
+        return functools.partial(
+            train_step,
+            model=model,
+            gamma=process.schedule_module if process.learned else process.fixed_gamma,
+            num_levels=config.data.num_levels,
+            weighting=config.diffusion.weighting,
+            learned_schedule=process.learned,
+            mean_type=config.diffusion.mean_type,
+            min_snr_gamma=config.diffusion.min_snr_gamma,
+            gamma_range=process.gamma_range,
+            label_dropout=config.training.label_dropout,
+        )
+
+
+TASK = Continuous()

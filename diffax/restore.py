@@ -1,0 +1,86 @@
+"""Parameters for evaluation and sampling from a workdir's newest checkpoint, and its config.
+
+Used by `--mode=eval` and `--mode=sample`, by the guidance classifier and the latent autoencoder
+(restored from workdirs of their own) and by the tools.
+"""
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from diffax import build, checkpointing, tasks
+
+
+def restore_eval_params(
+    config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
+) -> tuple[Any, int]:
+    """Returns (eval parameters, step) of the workdir's newest checkpoint; a clear error if none."""
+    model = build.create_model(config)
+    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+        raise FileNotFoundError(
+            f"No checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first with "
+            "--mode=train, or point --workdir at a trained run."
+        )
+    abstract, _ = tasks.abstract_state(config, model, tasks.create_optimizer(config), mesh)
+    manager = checkpointing.create_manager(workdir, read_only=True)
+    try:
+        restored = checkpointing.restore(manager, abstract)
+    finally:
+        checkpointing.close(manager)
+    if restored is None:
+        raise FileNotFoundError(
+            f"No checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first with "
+            "--mode=train, or point --workdir at a trained run."
+        )
+    state, step = restored
+    return tasks.eval_params(state, config), step
+
+
+def workdir_config(workdir: str) -> dict | None:
+    """Returns the config saved with a workdir's newest checkpoint (a plain dict), None if none."""
+    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+        return None
+    manager = checkpointing.create_manager(workdir, read_only=True)
+    try:
+        return checkpointing.saved_config(manager)
+    finally:
+        checkpointing.close(manager)
+
+
+def restore_classifier(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[Any, Any]:
+    """Returns (noisy classifier model, its eval parameters) from eval.classifier_workdir.
+
+    The classifier's own config is read from its checkpoint; its diffusion process must be the
+    sampled model's (the guidance is evaluated at the same timesteps).
+    """
+    workdir = config.eval.classifier_workdir
+    saved = workdir_config(workdir)
+    if saved is None:
+        raise FileNotFoundError(
+            f"eval.classifier_workdir={workdir!r} holds no checkpoint: train a noisy classifier "
+            "there first (e.g. --config=configs/digits_classifier.py)."
+        )
+    classifier_config = ml_collections.ConfigDict(saved)
+    if not tasks.is_classifier(classifier_config):
+        raise ValueError(
+            f"eval.classifier_workdir={workdir!r} holds a {classifier_config.model.name!r} "
+            "model, not a noisy classifier."
+        )
+    ours, theirs = config.diffusion, classifier_config.diffusion
+    for field in ("schedule", "num_timesteps"):
+        if ours[field] != theirs[field]:
+            raise ValueError(
+                f"eval.classifier_workdir={workdir!r}: the classifier was trained with "
+                f"diffusion.{field}={theirs[field]!r}, this model with {ours[field]!r}."
+            )
+    params, _ = restore_eval_params(classifier_config, workdir, mesh)
+    return build.create_model(classifier_config), params
+
+
+def guidance_classifier(config: ml_collections.ConfigDict, mesh) -> tuple[Any, Any] | None:
+    """Returns (classifier model, params) when eval.classifier_scale asks for guidance."""
+    return restore_classifier(config, mesh) if config.eval.classifier_scale else None
