@@ -36,7 +36,7 @@ setuptools.setup(
             "scipy>=1.11",
             "ruff>=0.6",
         ],
-        # diffax.tools.peer_benchmark's PyTorch side (best in its own environment: see
+        # benchmarks/peer_benchmark.py's PyTorch side (best in its own environment: see
         # benchmarks/peer/README.md); improved-diffusion itself is a checkout, not a package.
         "bench": ["torch>=2.0", "numpy>=1.26"],
     },

@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from diffax.tools import benchmark, peer_benchmark
+from benchmarks import peer_benchmark
+from diffax.tools import benchmark
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MODULE = REPO / "diffax" / "tools" / "peer_benchmark.py"
+MODULE = REPO / "benchmarks" / "peer_benchmark.py"
 
 
 def test_digits_translates_to_the_issue_model():
@@ -337,7 +338,7 @@ def test_dry_run_prints_the_plan_without_torch_or_a_gpu(device):
         [
             sys.executable,
             "-m",
-            "diffax.tools.peer_benchmark",
+            "benchmarks.peer_benchmark",
             "--dry_run",
             f"--device={device}",
             "--peer=/nonexistent/improved-diffusion",

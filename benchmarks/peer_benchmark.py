@@ -1,6 +1,6 @@
 """diffax against PyTorch's openai/improved-diffusion, one model and the same work on each side.
 
-`python -m diffax.tools.peer_benchmark --peer=/path/to/improved-diffusion [--seconds=300]
+`python -m benchmarks.peer_benchmark --peer=/path/to/improved-diffusion [--seconds=300]
 [--repeats=2] [--out=F.json] [--device=cpu|gpu] [--dry_run]`, run from the repository root.
 
 CPU (default): the U-Net of configs/digits.py made unconditional (755,298 parameters on both
@@ -464,7 +464,7 @@ def build_plan(
     drift of the machine's speed falls on both; each run carries its 1-based `repeat`.
     """
     torch_argv = [peer_python, module_file]
-    diffax_argv = [python, "-m", "diffax.tools.peer_benchmark"]
+    diffax_argv = [python, "-m", "benchmarks.peer_benchmark"]
     runs = []
     if device == "cpu":
         for repeat in range(1, repeats + 1):
@@ -792,7 +792,7 @@ def diffax_gpu_worker(spec: dict) -> dict:
 
 def _peer_modules(peer: str):
     """Returns improved-diffusion's modules, imported from the peer checkout."""
-    # Running this file as a script puts diffax/tools first on sys.path; the peer comes first.
+    # Running this file as a script puts benchmarks/ first on sys.path; the peer comes first.
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     sys.path.insert(0, peer)
@@ -1197,7 +1197,7 @@ def _run_worker(run: dict, spec: dict, workdir: str, index: int) -> dict:
 
 
 def _repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_arrays(workdir: str) -> str:
