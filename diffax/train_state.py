@@ -86,14 +86,21 @@ class TrainState(flax.struct.PyTreeNode):
         )
 
 
+def update_metrics(grads: Any, state: TrainState) -> dict:
+    """Returns what every step logs of its update: the gradient norm and the skip counters of the
+    updated state."""
+    return {
+        "grad_norm": optax.global_norm(grads),
+        "skipped": state.skipped,
+        "consecutive_skips": state.consecutive_skips,
+    }
+
+
 def step_metrics(loss: jax.Array, terms: dict, grads: Any, state: TrainState) -> dict:
-    """Returns a denoiser step's logged metrics: mean loss, mse and vb, the gradient norm and the
-    skip counters of the updated state."""
+    """Returns a denoiser step's logged metrics: mean loss, mse and vb, and `update_metrics`."""
     return {
         "loss": loss,
         "mse": jnp.mean(terms["mse"]),
         "vb": jnp.mean(terms["vb"]),
-        "grad_norm": optax.global_norm(grads),
-        "skipped": state.skipped,
-        "consecutive_skips": state.consecutive_skips,
+        **update_metrics(grads, state),
     }

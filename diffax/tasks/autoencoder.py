@@ -20,7 +20,7 @@ from absl import logging
 from diffax import autoencoder, build, config_checks
 from diffax.models import autoencoder as autoencoder_model
 from diffax.tasks import base
-from diffax.train_state import TrainState
+from diffax.train_state import TrainState, update_metrics
 
 GAN_HALVES = ("autoencoder", "discriminator")
 
@@ -106,9 +106,7 @@ def train_step(
         "rec": jnp.mean(terms["rec"]),
         "kl": jnp.mean(terms["kl"]),
         **({"p_loss": jnp.mean(terms["p_loss"])} if "p_loss" in terms else {}),
-        "grad_norm": optax.global_norm(grads),
-        "skipped": new_state.skipped,
-        "consecutive_skips": new_state.consecutive_skips,
+        **update_metrics(grads, new_state),
     }
     return new_state, metrics
 
@@ -207,9 +205,7 @@ def gan_train_step(
         "d_weight": d_weight,
         "logits_real": logits_real,
         "logits_fake": logits_fake,
-        "grad_norm": optax.global_norm(grads),
-        "skipped": new_state.skipped,
-        "consecutive_skips": new_state.consecutive_skips,
+        **update_metrics(grads, new_state),
     }
     return new_state, metrics
 

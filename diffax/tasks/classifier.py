@@ -10,13 +10,12 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from diffax import build, classifier, config_checks, models
 from diffax import timestep_sampler as timestep_sampler_lib
 from diffax.diffusion import GaussianDiffusion
 from diffax.tasks import base, denoiser
-from diffax.train_state import TrainState
+from diffax.train_state import TrainState, update_metrics
 
 
 def train_step(
@@ -49,9 +48,7 @@ def train_step(
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(terms["accuracy"]),
-        "grad_norm": optax.global_norm(grads),
-        "skipped": new_state.skipped,
-        "consecutive_skips": new_state.consecutive_skips,
+        **update_metrics(grads, new_state),
     }
     return new_state, metrics
 
