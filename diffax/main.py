@@ -38,6 +38,12 @@ flags.DEFINE_integer(
     "JAX CPU devices per process: 0 makes one per core that the batches split over; 1 is JAX's "
     "default. XLA_FLAGS' --xla_force_host_platform_device_count wins over it.",
 )
+flags.DEFINE_string(
+    "compilation_cache",
+    None,
+    "Folder of JAX's persistent compilation cache, so a second run skips compiling (default "
+    "$DIFFAX_COMPILATION_CACHE or ~/.cache/diffax/jax); '' turns it off.",
+)
 flags.DEFINE_bool("verbose", False, "Print tracebacks of errors on the console too.")
 FLAGS = flags.FLAGS
 
@@ -85,7 +91,7 @@ def _prepare_workdir(workdir: str) -> None:
 
 def main(argv):
     del argv
-    from diffax import cpu_devices, distributed, preemption, validation
+    from diffax import compilation_cache, cpu_devices, distributed, preemption, validation
 
     config, workdir = FLAGS.config, FLAGS.workdir
     try:
@@ -109,6 +115,10 @@ def main(argv):
     FLAGS.alsologtostderr = True  # The log file in the workdir, and the console too.
     if cpus:
         logging.info("JAX CPU devices per process: %d (--cpu_devices).", cpus)
+    cache = compilation_cache.configure(FLAGS.compilation_cache)
+    logging.info(
+        "Persistent compilation cache: %s.", cache or "off (--compilation_cache='' or unset)"
+    )
     from diffax import evaluate, train
 
     try:

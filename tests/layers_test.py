@@ -22,7 +22,8 @@ LAYERS = [
     ("models", "models"),
     (
         "data and state",
-        "train_state sharding checkpointing checksums preemption distributed cpu_devices "
+        "train_state sharding checkpointing checksums compilation_cache preemption distributed "
+        "cpu_devices "
         "flag_errors config_checks images summaries vae_weights text_embeddings datasets "
         "input_pipeline metrics",
     ),
