@@ -1081,11 +1081,16 @@ def _torch_main(argv: Sequence[str]) -> int:
         record = torch_cpu_worker(spec, launch_time)
     else:
         record = torch_gpu_worker(spec)
+    _write_record(record, load_before, args["result"])
+    return 0
+
+
+def _write_record(record: dict, load_before: list[float], path: str) -> None:
+    """Adds the load averages around the work and the cores it could use; writes the JSON."""
     record["load_avg_before"], record["load_avg_after"] = load_before, _load_avg()
     record["cores"] = sorted(os.sched_getaffinity(0))
-    with open(args["result"], "w") as f:
+    with open(path, "w") as f:
         json.dump(record, f, indent=2)
-    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1323,10 +1328,7 @@ def _diffax_main(values: dict) -> None:
         record = diffax_cpu_worker(spec, values["launch_time"])
     else:
         record = diffax_gpu_worker(spec)
-    record["load_avg_before"], record["load_avg_after"] = load_before, _load_avg()
-    record["cores"] = sorted(os.sched_getaffinity(0))
-    with open(values["result"], "w") as f:
-        json.dump(record, f, indent=2)
+    _write_record(record, load_before, values["result"])
 
 
 if __name__ == "__main__":
