@@ -85,7 +85,7 @@ def attention_heads(config) -> int:
     improved-diffusion's UNetModel takes a single num_heads for all of its attention blocks,
     while diffax may fix the channels per head; raises ValueError when the blocks differ.
     """
-    m = config.model
+    m = config.model.unet
     size = config.data.image_size
     widths = [m.ch * m.channel_mult[-1]]  # The middle block always has attention.
     for level, mult in enumerate(m.channel_mult):
@@ -107,10 +107,12 @@ def peer_model_kwargs(config) -> dict[str, Any]:
     `ds`); class-conditional models are refused (diffax adds a learned null label, so the
     parameter counts would differ).
     """
-    m, data = config.model, config.data
-    if m.name != "unet":
-        raise ValueError(f"model.name={m.name!r}: improved-diffusion has only the U-Net.")
-    if m.class_cond:
+    m, data = config.model.unet, config.data
+    if config.model.name != "unet":
+        raise ValueError(
+            f"model.name={config.model.name!r}: improved-diffusion has only the U-Net."
+        )
+    if config.model.class_cond:
         raise ValueError("class_cond=True: compare unconditional models (no null label there).")
     if m.resblock_updown:
         raise ValueError("resblock_updown=True: improved-diffusion's UNetModel lacks it.")
@@ -128,7 +130,7 @@ def peer_model_kwargs(config) -> dict[str, Any]:
         "num_heads": attention_heads(config),
         "num_heads_upsample": -1,
         "use_scale_shift_norm": m.use_scale_shift_norm,
-        "use_checkpoint": m.remat,
+        "use_checkpoint": config.model.remat,
     }
 
 

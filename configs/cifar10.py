@@ -18,11 +18,11 @@ def get_config():
     config.data.random_flip = True
     config.data.shuffle_buffer = 50_000
 
-    config.model.channel_mult = (1, 2, 2, 2)
-    config.model.attention_resolutions = (16,)
-    config.model.num_heads = 1
-    config.model.dropout = 0.1
-    config.model.use_scale_shift_norm = False  # DDPM adds the embedding (ADM added AdaGN).
+    config.model.unet.channel_mult = (1, 2, 2, 2)
+    config.model.unet.attention_resolutions = (16,)
+    config.model.unet.num_heads = 1
+    config.model.unet.dropout = 0.1
+    config.model.unet.use_scale_shift_norm = False  # DDPM adds the embedding (ADM added AdaGN).
     config.model.dtype = "bfloat16"
 
     config.training.num_steps = 800_000

@@ -23,11 +23,11 @@ def get_config():
     config = cifar10.get_config()
     config.data.random_flip = False  # VDM's headline CIFAR-10 result uses no augmentation.
 
-    config.model.ch = 128  # Constant width: one level, no downsampling.
-    config.model.channel_mult = (1,)
-    config.model.num_res_blocks = 32
-    config.model.attention_resolutions = ()  # Only the middle block's attention.
-    config.model.dropout = 0.1
+    config.model.unet.ch = 128  # Constant width: one level, no downsampling.
+    config.model.unet.channel_mult = (1,)
+    config.model.unet.num_res_blocks = 32
+    config.model.unet.attention_resolutions = ()  # Only the middle block's attention.
+    config.model.unet.dropout = 0.1
     config.model.dtype = "float32"  # As released; bits/dim to 0.01 want full precision.
 
     config.diffusion.kind = "continuous"
@@ -38,7 +38,7 @@ def get_config():
     config.diffusion.weighting = "elbo"
     config.diffusion.min_snr_gamma = 5.0
     # sin/cos(2^n pi x), n = 7, 8: VDM's Base2FourierFeatures(start=6, stop=8) times 2 pi.
-    config.model.fourier_features = (7, 8)
+    config.model.unet.fourier_features = (7, 8)
     config.eval.bpd_t_samples = 1
     config.eval.ode_divergence = "hutchinson"  # 3072 dims: the exact divergence is too costly.
     config.diffusion.mean_type = "eps"

@@ -49,46 +49,75 @@ def get_config() -> ml_collections.ConfigDict:
     # "{split}" (diffax.text_embeddings documents the arrays); "" encodes captions in diffax.
     data.text_embeddings = ""
 
+    # The model: what every backbone reads, then one section per part, each passed to its flax
+    # module as keyword arguments (`unet.UNet(**config.model.unet)`), so a new hyperparameter is
+    # one line here.
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet"  # The backbone, a key of diffax.build.MODELS.
-    model.ch = 128  # Base channel count of the U-Net (a multiple of 32 for GroupNorm).
-    model.channel_mult = (1, 2, 3, 4)  # Channel multiplier per level; each level halves H and W.
-    model.num_res_blocks = 2  # Residual blocks per resolution.
-    model.attention_resolutions = (16, 8)  # Resolutions (in pixels) with self-attention.
-    model.num_heads = 4  # Attention heads, when num_head_channels is -1.
-    model.num_head_channels = -1  # Channels per head; overrides num_heads when positive.
-    model.dropout = 0.0  # Dropout in the residual blocks.
-    model.resblock_updown = False  # BigGAN-style residual blocks for down/upsampling.
-    model.use_scale_shift_norm = True  # Adaptive group norm from the embedding (ADM).
     model.class_cond = False  # Conditions on data labels (needs data.num_classes > 0).
+    # Conditions on captions (needs data.text_length > 0): a byte-level transformer (model.text)
+    # encodes them; the U-Net's attention blocks become LDM's SpatialTransformer (Rombach et al.
+    # 2022, sec. 3.3), DiT blocks gain a cross-attention layer (PixArt-alpha, Chen et al. 2023).
+    model.text_cond = False
     model.dtype = "float32"  # Compute dtype: "bfloat16" on accelerators; params stay float32.
     model.remat = False  # Activation checkpointing of the residual and attention blocks.
-    model.fourier_features = ()  # U-Net: exponents n of sin/cos(2^n pi x) input channels (VDM).
-    # Text conditioning (model.name "unet" or "dit"): a byte-level transformer encodes the caption;
-    # the U-Net's attention blocks become LDM's SpatialTransformer (Rombach et al. 2022, sec. 3.3),
-    # DiT blocks gain a cross-attention layer (PixArt-alpha, Chen et al. 2023, sec. 2.3).
-    model.text_cond = False  # Conditions on captions (needs data.text_length > 0).
-    model.text_width = 128  # Token width D of the context (data.text_embeddings: the stored one).
-    model.text_depth = 2  # Text encoder: transformer blocks.
-    model.text_heads = 4  # Text encoder: attention heads (divides text_width).
+
+    model.unet = unet = ml_collections.ConfigDict()  # ADM's U-Net (diffax.models.unet.UNet).
+    unet.ch = 128  # Base channel count (a multiple of 32 for GroupNorm).
+    unet.channel_mult = (1, 2, 3, 4)  # Channel multiplier per level; each level halves H and W.
+    unet.num_res_blocks = 2  # Residual blocks per resolution.
+    unet.attention_resolutions = (16, 8)  # Resolutions (in pixels) with self-attention.
+    unet.num_heads = 4  # Attention heads, when num_head_channels is -1.
+    unet.num_head_channels = -1  # Channels per head; overrides num_heads when positive.
+    unet.dropout = 0.0  # Dropout in the residual blocks.
+    unet.resblock_updown = False  # BigGAN-style residual blocks for down/upsampling.
+    unet.use_scale_shift_norm = True  # Adaptive group norm from the embedding (ADM).
+    unet.fourier_features = ()  # Exponents n of sin/cos(2^n pi x) input channels (VDM).
+
+    # The noisy classifier (model.name = "noisy_classifier"): ADM's U-Net encoder with attention
+    # pooling (Dhariwal & Nichol 2021, sec. 4; diffax.models.classifier.NoisyClassifier).
+    model.classifier = classifier = ml_collections.ConfigDict()
+    classifier.ch = 128  # Base channel count.
+    classifier.channel_mult = (1, 2, 3, 4)  # Channel multiplier per level.
+    classifier.num_res_blocks = 2  # Residual blocks per resolution.
+    classifier.attention_resolutions = (16, 8)  # Resolutions (in pixels) with self-attention.
+    classifier.num_heads = 4  # Attention heads, when num_head_channels is -1.
+    classifier.num_head_channels = -1  # Channels per head; overrides num_heads when positive.
+    classifier.dropout = 0.0  # Dropout in the residual blocks.
+    classifier.resblock_updown = False  # BigGAN-style residual blocks for downsampling.
+    classifier.use_scale_shift_norm = True  # Adaptive group norm from the embedding.
+
+    # The Diffusion Transformer (model.name = "dit"; Peebles & Xie 2023; diffax.models.dit.DiT).
+    model.dit = dit = ml_collections.ConfigDict()
+    dit.patch_size = 2  # Side of the square patches that become tokens; divides image_size.
+    dit.hidden_size = 384  # Token width D (DiT-S; a multiple of 4 and of num_heads).
+    dit.depth = 12  # Transformer blocks.
+    dit.num_heads = 6  # Attention heads (DiT-S).
+    dit.mlp_ratio = 4.0  # MLP hidden width as a multiple of hidden_size.
+
+    # The byte-level text encoder (model.text_cond; diffax.models.text_encoder.TextEncoder).
+    model.text = text = ml_collections.ConfigDict()
+    text.width = 128  # Token width D of the context (data.text_embeddings: the stored one).
+    text.depth = 2  # Transformer blocks.
+    text.num_heads = 4  # Attention heads (divides width).
+    # "learned" position table, "none", or "words" (none, and the first block reads each word
+    # whole).
+    text.positions = "learned"
     # The caption's mean token also joins the timestep embedding (DiT: adaLN's c), as Imagen's
     # pooled text embedding (Saharia et al. 2022, sec. 2.4); False: cross-attention only (LDM).
-    model.text_pool = True
-    # Text encoder: "learned" position table, "none", or "words" (none, and the first block reads
-    # each word whole: models.text_encoder.TextEncoder).
-    model.text_positions = "learned"
-    # DiT (model.name = "dit"; Peebles & Xie 2023) also reads num_heads, class_cond, dtype, remat.
-    model.patch_size = 2  # DiT: side of the square patches that become tokens; divides image_size.
-    model.hidden_size = 384  # DiT: token width D (DiT-S; a multiple of 4 and of num_heads).
-    model.depth = 12  # DiT: number of transformer blocks.
-    model.mlp_ratio = 4.0  # DiT: MLP hidden width as a multiple of hidden_size.
-    # KL autoencoder (model.name = "autoencoder_kl"; Rombach et al. 2022, the first stage).
-    model.block_out_channels = (128, 256, 512, 512)  # Widths per level (SD's); f = 2**(levels-1).
-    model.layers_per_block = 2  # Resnets per encoder level (the decoder has one more).
-    model.z_channels = 4  # Latent channels.
-    model.norm_num_groups = 32  # GroupNorm groups of the autoencoder; divides every width.
-    model.disc_ndf = 64  # PatchGAN discriminator (training.disc_weight > 0): first conv's width.
-    model.disc_layers = 3  # PatchGAN: stride-2 convs; patches are image_size / 2**layers - 2 wide.
+    text.pool = True
+
+    # The KL autoencoder (model.name = "autoencoder_kl"; Rombach et al. 2022, the first stage;
+    # diffax.models.autoencoder.AutoencoderKL).
+    model.autoencoder = autoencoder = ml_collections.ConfigDict()
+    autoencoder.block_out_channels = (128, 256, 512, 512)  # Widths per level (SD's); f = 2**(n-1).
+    autoencoder.layers_per_block = 2  # Resnets per encoder level (the decoder has one more).
+    autoencoder.z_channels = 4  # Latent channels.
+    autoencoder.norm_num_groups = 32  # GroupNorm groups; divides every width.
+    # The autoencoder's PatchGAN (training.disc_weight > 0; diffax.models.autoencoder).
+    model.discriminator = discriminator = ml_collections.ConfigDict()
+    discriminator.ndf = 64  # First conv's width.
+    discriminator.num_layers = 3  # Stride-2 convs; patches are image_size / 2**layers - 2 wide.
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
     diffusion.schedule = "linear"  # Beta schedule: "linear" or "cosine".

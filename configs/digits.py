@@ -17,12 +17,12 @@ def get_config():
     config.data.num_levels = 17  # The digits' pixel values are 0..16.
     config.data.num_classes = 10
 
-    config.model.ch = 32
-    config.model.channel_mult = (1, 2)
-    config.model.num_res_blocks = 1
-    config.model.attention_resolutions = (4,)
-    config.model.num_head_channels = 32
-    config.model.dropout = 0.1
+    config.model.unet.ch = 32
+    config.model.unet.channel_mult = (1, 2)
+    config.model.unet.num_res_blocks = 1
+    config.model.unet.attention_resolutions = (4,)
+    config.model.unet.num_head_channels = 32
+    config.model.unet.dropout = 0.1
     config.model.class_cond = True
 
     config.diffusion.schedule = "cosine"

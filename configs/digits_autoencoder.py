@@ -19,11 +19,10 @@ def get_config():
     config.data.random_flip = False
 
     config.model.name = "autoencoder_kl"
-    config.model.block_out_channels = (16, 32, 32)  # f = 4: 32x32 -> 8x8x4 latents.
-    config.model.layers_per_block = 1
-    config.model.norm_num_groups = 16
+    config.model.autoencoder.block_out_channels = (16, 32, 32)  # f = 4: 32x32 -> 8x8x4 latents.
+    config.model.autoencoder.layers_per_block = 1
+    config.model.autoencoder.norm_num_groups = 16
     config.model.class_cond = False  # The autoencoder ignores labels.
-    config.model.dropout = 0.0
     config.eval.guidance_scale = 0.0
 
     config.training.batch_size = 32

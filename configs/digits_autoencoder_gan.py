@@ -20,6 +20,8 @@ def get_config():
     config = digits_autoencoder.get_config()
     config.training.disc_weight = 0.5  # LDM / taming-transformers' disc_weight.
     config.training.disc_start = 250  # LDM: 50001 of ~ 10^5-10^6 steps; here half the run.
-    config.model.disc_ndf = 16  # LDM: 64; the digits autoencoder is cut down alike.
-    config.model.disc_layers = 2  # 32x32 images: 6x6 patches (LDM: 3 layers on 256x256).
+    config.model.discriminator.ndf = 16  # LDM: 64; the digits autoencoder is cut down alike.
+    config.model.discriminator.num_layers = (
+        2  # 32x32 images: 6x6 patches (LDM: 3 layers on 256x256).
+    )
     return config

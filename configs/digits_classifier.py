@@ -15,14 +15,14 @@ def get_config():
     config = digits.get_config()
     config.model.name = "noisy_classifier"
     config.model.class_cond = False  # The labels are the targets, not a conditioning input.
-    config.model.ch = 32
-    config.model.channel_mult = (1, 2)  # 8x8 -> 4x4; the attention pool sits at 4x4.
-    config.model.num_res_blocks = 1
-    config.model.attention_resolutions = (4,)
-    config.model.num_head_channels = 32
-    config.model.resblock_updown = True
-    config.model.use_scale_shift_norm = True
-    config.model.dropout = 0.0
+    config.model.classifier.ch = 32
+    config.model.classifier.channel_mult = (1, 2)  # 8x8 -> 4x4; the attention pool sits at 4x4.
+    config.model.classifier.num_res_blocks = 1
+    config.model.classifier.attention_resolutions = (4,)
+    config.model.classifier.num_head_channels = 32
+    config.model.classifier.resblock_updown = True
+    config.model.classifier.use_scale_shift_norm = True
+    config.model.classifier.dropout = 0.0
 
     config.training.batch_size = 128
     config.training.num_steps = 500

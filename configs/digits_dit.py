@@ -14,10 +14,9 @@ def get_config():
     """Returns the digits config with a small DiT."""
     config = digits.get_config()
     config.model.name = "dit"
-    config.model.patch_size = 2
-    config.model.hidden_size = 128
-    config.model.depth = 6
-    config.model.num_heads = 4
-    config.model.mlp_ratio = 4.0
-    config.model.dropout = 0.0  # DiT has no dropout (digits.py sets 0.1 for its U-Net).
+    config.model.dit.patch_size = 2
+    config.model.dit.hidden_size = 128
+    config.model.dit.depth = 6
+    config.model.dit.num_heads = 4
+    config.model.dit.mlp_ratio = 4.0
     return config

@@ -13,14 +13,6 @@ def get_config():
     """Returns the text-conditioned digits config on the small DiT."""
     config = digits_text.get_config()
     dit = digits_dit.get_config().model
-    for field in (
-        "name",
-        "patch_size",
-        "hidden_size",
-        "depth",
-        "num_heads",
-        "mlp_ratio",
-        "dropout",
-    ):
-        config.model[field] = dit[field]
+    config.model.name = dit.name
+    config.model.dit = dit.dit
     return config

@@ -24,8 +24,9 @@ def get_config():
     config.data.text_length = text.data.text_length
     config.model.class_cond = False
     config.model.text_cond = True
-    for field in ("attention_resolutions", "text_width", "text_depth", "text_heads"):
-        config.model[field] = text.model[field]
+    config.model.unet.attention_resolutions = text.model.unet.attention_resolutions
+    for field in ("width", "depth", "num_heads"):  # Learned positions, unlike digits_text.
+        config.model.text[field] = text.model.text[field]
     config.training.num_steps = text.training.num_steps  # A text step costs about two.
     config.training.label_dropout = text.training.label_dropout  # Captions to the empty one.
     return config

@@ -18,15 +18,15 @@ def get_config():
 
     config.model.class_cond = False
     config.model.text_cond = True
-    config.model.attention_resolutions = (4,)  # Text blocks at 4x4 and in the middle.
-    config.model.text_width = 64
-    config.model.text_depth = 2
-    config.model.text_heads = 4
+    config.model.unet.attention_resolutions = (4,)  # Text blocks at 4x4 and in the middle.
+    config.model.text.width = 64
+    config.model.text.depth = 2
+    config.model.text.num_heads = 4
     # No position table, so a digit's word reads the same wherever a new phrasing puts it, and
     # a first block that reads each word whole, so "someone" is not "one": held-out-prompt
     # accuracy 99.8 / 99.9 / 99.9% over seeds 0-2 (95.8 / 98.8 / 88.5% without the word block,
     # 83.5% with learned positions; benchmarks/RESULTS.md).
-    config.model.text_positions = "words"
+    config.model.text.positions = "words"
 
     # Each text step costs about twice a label step on CPU: fewer steps, a shorter EMA horizon.
     config.training.num_steps = 1500

@@ -13,7 +13,7 @@ from configs import digits_text
 
 
 def get_config():
-    """Returns the digits text config on stored embeddings (D = model.text_width = 64)."""
+    """Returns the digits text config on stored embeddings (D = model.text.width = 64)."""
     config = digits_text.get_config()
     config.data.text_embeddings = "workdirs/digits_text_emb/{split}.npz"
     return config

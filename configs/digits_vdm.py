@@ -21,7 +21,7 @@ def get_config():
     config.diffusion.weighting = "elbo"  # continuous.WEIGHTINGS: train on the bound itself.
     config.diffusion.min_snr_gamma = 5.0  # Min-SNR-k clamp, read only by weighting="min_snr".
     # sin/cos(2^n pi x) input features: a period 2^(1-n) of one or two bins of width 2/16.
-    config.model.fourier_features = (3, 4)
+    config.model.unet.fourier_features = (3, 4)
     config.eval.bpd_t_samples = 4  # Times per example in continuous.bound_bpd.
 
     config.diffusion.mean_type = "eps"  # VDM's parametrisation.

@@ -31,11 +31,11 @@ def get_config():
     config.data.shuffle_buffer = 50_000
 
     config.model.name = "dit"
-    config.model.patch_size = 2
-    config.model.hidden_size = 1152  # DiT-XL (Table 1).
-    config.model.depth = 28
-    config.model.num_heads = 16
-    config.model.mlp_ratio = 4.0
+    config.model.dit.patch_size = 2
+    config.model.dit.hidden_size = 1152  # DiT-XL (Table 1).
+    config.model.dit.depth = 28
+    config.model.dit.num_heads = 16
+    config.model.dit.mlp_ratio = 4.0
     config.model.class_cond = True
     config.model.dtype = "bfloat16"  # Params, norms, softmax and the output stay float32.
 

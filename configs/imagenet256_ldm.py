@@ -30,11 +30,11 @@ def get_config():
     config.data.shuffle_buffer = 50_000
 
     config.model.name = "unet"
-    config.model.ch = 192
-    config.model.channel_mult = (1, 2, 3, 5)
-    config.model.num_res_blocks = 2
-    config.model.attention_resolutions = (32, 16, 8)
-    config.model.num_head_channels = 32
+    config.model.unet.ch = 192
+    config.model.unet.channel_mult = (1, 2, 3, 5)
+    config.model.unet.num_res_blocks = 2
+    config.model.unet.attention_resolutions = (32, 16, 8)
+    config.model.unet.num_head_channels = 32
     config.model.class_cond = True
     config.model.dtype = "bfloat16"
 

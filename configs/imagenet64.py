@@ -19,7 +19,7 @@ def get_config():
     config.data.random_flip = True
     config.data.shuffle_buffer = 50_000
 
-    config.model.num_res_blocks = 3
+    config.model.unet.num_res_blocks = 3
     config.model.dtype = "bfloat16"
 
     config.diffusion.schedule = "cosine"

@@ -26,14 +26,19 @@ def get_config():
     config = imagenet64.get_config()
     config.model.name = "noisy_classifier"
     config.model.class_cond = False  # The labels are the targets, not a conditioning input.
-    config.model.ch = 128
-    config.model.channel_mult = (1, 2, 3, 4)  # 64 -> 32 -> 16 -> 8: the pool sits at 8x8.
-    config.model.num_res_blocks = 4
-    config.model.attention_resolutions = (32, 16, 8)
-    config.model.num_head_channels = 64
-    config.model.resblock_updown = True
-    config.model.use_scale_shift_norm = True
-    config.model.dropout = 0.0
+    config.model.classifier.ch = 128
+    config.model.classifier.channel_mult = (
+        1,
+        2,
+        3,
+        4,
+    )  # 64 -> 32 -> 16 -> 8: the pool sits at 8x8.
+    config.model.classifier.num_res_blocks = 4
+    config.model.classifier.attention_resolutions = (32, 16, 8)
+    config.model.classifier.num_head_channels = 64
+    config.model.classifier.resblock_updown = True
+    config.model.classifier.use_scale_shift_norm = True
+    config.model.classifier.dropout = 0.0
 
     config.training.batch_size = 1024
     config.training.num_steps = 200_000

@@ -23,11 +23,11 @@ def get_config():
     config.data.random_flip = True
     config.data.shuffle_buffer = 50_000
 
-    config.model.ch = 192
-    config.model.channel_mult = (1, 1, 2, 2, 4, 4)
-    config.model.attention_resolutions = (32, 16, 8)
-    config.model.num_heads = 4
-    config.model.resblock_updown = True
+    config.model.unet.ch = 192
+    config.model.unet.channel_mult = (1, 1, 2, 2, 4, 4)
+    config.model.unet.attention_resolutions = (32, 16, 8)
+    config.model.unet.num_heads = 4
+    config.model.unet.resblock_updown = True
     config.model.class_cond = True
     config.model.dtype = "bfloat16"
 

@@ -6,12 +6,12 @@ from configs import digits
 def get_config():
     """Returns the tiny digits config."""
     config = digits.get_config()
-    config.model.ch = 32  # GroupNorm takes 32 groups: channels must be multiples of 32.
-    config.model.channel_mult = (1, 1)
-    config.model.num_res_blocks = 1
-    config.model.attention_resolutions = (4,)
-    config.model.num_head_channels = 32
-    config.model.dropout = 0.0
+    config.model.unet.ch = 32  # GroupNorm takes 32 groups: channels must be multiples of 32.
+    config.model.unet.channel_mult = (1, 1)
+    config.model.unet.num_res_blocks = 1
+    config.model.unet.attention_resolutions = (4,)
+    config.model.unet.num_head_channels = 32
+    config.model.unet.dropout = 0.0
     config.diffusion.num_timesteps = 20
     config.training.batch_size = 16
     config.training.num_steps = 4

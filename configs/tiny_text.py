@@ -10,7 +10,7 @@ def get_config():
     config.data.text_length = text.data.text_length
     config.model.class_cond = False
     config.model.text_cond = True
-    config.model.text_width = 32
-    config.model.text_depth = 1
-    config.model.text_heads = 2
+    config.model.text.width = 32
+    config.model.text.depth = 1
+    config.model.text.num_heads = 2
     return config

@@ -22,86 +22,58 @@ from diffax.models import classifier as classifier_model
 from diffax.models import dit, noise_schedule, text_encoder, unet
 
 
-def _unet(config: ml_collections.ConfigDict, out_channels: int) -> unet.UNet:
-    """Translates config.model into the U-Net's explicit hyperparameters."""
-    m = config.model
-    return unet.UNet(
-        out_channels=out_channels,
-        ch=m.ch,
-        channel_mult=tuple(m.channel_mult),
-        num_res_blocks=m.num_res_blocks,
-        attention_resolutions=tuple(m.attention_resolutions),
-        num_heads=m.num_heads,
-        num_head_channels=m.num_head_channels,
-        dropout=m.dropout,
-        resblock_updown=m.resblock_updown,
-        use_scale_shift_norm=m.use_scale_shift_norm,
-        num_classes=config.data.num_classes if m.class_cond else 0,
-        dtype=jnp.dtype(m.dtype),
-        remat=m.remat,
-        fourier_features=tuple(m.fourier_features),
+def part(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
+    """Returns config.model.<name> as its module's keyword arguments (sequences as tuples)."""
+    section = config.model[name]
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in section.items()}
+
+
+def _shared(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Returns the fields every denoiser backbone reads beside its own section."""
+    return dict(
+        num_classes=num_classes(config),
+        dtype=jnp.dtype(config.model.dtype),
+        remat=config.model.remat,
         concat_cond=is_super_resolution(config) or is_inpainting(config),
         level_cond=is_super_resolution(config),
-        pool_context=is_text_conditioned(config) and m.text_pool,
+        pool_context=is_text_conditioned(config) and config.model.text.pool,
     )
+
+
+def _unet(config: ml_collections.ConfigDict, out_channels: int) -> unet.UNet:
+    """Returns ADM's U-Net of config.model.unet."""
+    return unet.UNet(out_channels=out_channels, **part(config, "unet"), **_shared(config))
 
 
 def _dit(config: ml_collections.ConfigDict, out_channels: int) -> dit.DiT:
-    """Translates config.model into the Diffusion Transformer's explicit hyperparameters."""
-    m = config.model
-    return dit.DiT(
-        out_channels=out_channels,
-        patch_size=m.patch_size,
-        hidden_size=m.hidden_size,
-        depth=m.depth,
-        num_heads=m.num_heads,
-        mlp_ratio=m.mlp_ratio,
-        num_classes=config.data.num_classes if m.class_cond else 0,
-        dtype=jnp.dtype(m.dtype),
-        remat=m.remat,
-        concat_cond=is_super_resolution(config) or is_inpainting(config),
-        level_cond=is_super_resolution(config),
-        pool_context=is_text_conditioned(config) and m.text_pool,
-    )
+    """Returns the Diffusion Transformer of config.model.dit."""
+    return dit.DiT(out_channels=out_channels, **part(config, "dit"), **_shared(config))
 
 
 def _noisy_classifier(
     config: ml_collections.ConfigDict, out_channels: int
 ) -> classifier_model.NoisyClassifier:
-    """Translates config.model into the noisy classifier's hyperparameters (data.num_classes
-    logits; out_channels is unused: a classifier outputs no image)."""
+    """Returns the noisy classifier of config.model.classifier (data.num_classes logits;
+    out_channels is unused: a classifier outputs no image)."""
     del out_channels
-    m = config.model
     return classifier_model.NoisyClassifier(
         num_classes=config.data.num_classes,
-        ch=m.ch,
-        channel_mult=tuple(m.channel_mult),
-        num_res_blocks=m.num_res_blocks,
-        attention_resolutions=tuple(m.attention_resolutions),
-        num_heads=m.num_heads,
-        num_head_channels=m.num_head_channels,
-        dropout=m.dropout,
-        resblock_updown=m.resblock_updown,
-        use_scale_shift_norm=m.use_scale_shift_norm,
-        dtype=jnp.dtype(m.dtype),
-        remat=m.remat,
+        dtype=jnp.dtype(config.model.dtype),
+        remat=config.model.remat,
+        **part(config, "classifier"),
     )
 
 
 def _autoencoder_kl(
     config: ml_collections.ConfigDict, out_channels: int
 ) -> autoencoder_model.AutoencoderKL:
-    """Translates config.model into the KL autoencoder's hyperparameters (images in and out)."""
+    """Returns the KL autoencoder of config.model.autoencoder (images in and out)."""
     del out_channels  # It reconstructs data.num_channels.
-    m = config.model
     return autoencoder_model.AutoencoderKL(
         in_channels=config.data.num_channels,
         out_channels=config.data.num_channels,
-        z_channels=m.z_channels,
-        block_out_channels=tuple(m.block_out_channels),
-        layers_per_block=m.layers_per_block,
-        norm_num_groups=m.norm_num_groups,
-        dtype=jnp.dtype(m.dtype),
+        dtype=jnp.dtype(config.model.dtype),
+        **part(config, "autoencoder"),
     )
 
 
@@ -198,15 +170,11 @@ def has_stored_embeddings(config: ml_collections.ConfigDict) -> bool:
 
 
 def _text_encoder(config: ml_collections.ConfigDict) -> text_encoder.TextEncoder:
-    """Translates config.model.text_* into the byte-level text encoder's hyperparameters."""
-    m = config.model
+    """Returns the byte-level text encoder of config.model.text (`pool` is the backbone's)."""
+    kwargs = part(config, "text")
+    del kwargs["pool"]
     return text_encoder.TextEncoder(
-        max_length=config.data.text_length,
-        width=m.text_width,
-        depth=m.text_depth,
-        num_heads=m.text_heads,
-        positions=m.text_positions,
-        dtype=jnp.dtype(m.dtype),
+        max_length=config.data.text_length, dtype=jnp.dtype(config.model.dtype), **kwargs
     )
 
 
@@ -219,7 +187,7 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
     backbone = MODELS[config.model.name](config, out_channels)
     if is_text_conditioned(config) and has_stored_embeddings(config):
         return text_encoder.ContextConditioned(
-            denoiser=backbone, length=config.data.text_length, width=config.model.text_width
+            denoiser=backbone, length=config.data.text_length, width=config.model.text.width
         )
     if is_text_conditioned(config):
         return text_encoder.TextConditioned(denoiser=backbone, encoder=_text_encoder(config))

@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from diffax import checksums
+from diffax import checksums, config_checks
 
 STATE = "state"
 CONFIG = "config"
@@ -162,12 +162,20 @@ class KeepVerified(ocp.checkpoint_managers.PreservationPolicy):
 
 
 def create_manager(
-    workdir: str, max_to_keep: int | None = 3, async_save: bool = True, read_only: bool = False
+    workdir: str,
+    max_to_keep: int | None = 3,
+    async_save: bool = True,
+    read_only: bool = False,
+    partial: bool = False,
 ) -> VerifiedCheckpointManager:
     """Returns a manager keeping the newest `max_to_keep` steps (see steps_to_keep); async saves.
 
-    Call `close(manager)` in a `finally` block (or use `managed`) so an in-flight save finishes.
+    `partial` (read-only managers) lets `restore(..., partial=True)` read a part of the state,
+    such as the EMA parameters alone, without the optimizer moments. Call `close(manager)` in a
+    `finally` block (or use `managed`) so an in-flight save finishes.
     """
+    if partial and not read_only:
+        raise ValueError("A partial-restore manager must be read-only.")
     ledger = Ledger()
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save,
@@ -179,7 +187,8 @@ def create_manager(
         cleanup_tmp_directories=not read_only,  # Unfinished saves of an earlier run.
     )
     handlers = {
-        STATE: ocp.StandardCheckpointHandler(),
+        # The same files either way; orbax restores a part only through the PyTree handler.
+        STATE: ocp.PyTreeCheckpointHandler() if partial else ocp.StandardCheckpointHandler(),
         CONFIG: ocp.JsonCheckpointHandler(),
         INTEGRITY: ocp.JsonCheckpointHandler(),
     }
@@ -413,13 +422,22 @@ def _with_dtypes(abstract_state: Any, dtypes: dict[str, str]) -> Any:
     return jax.tree_util.tree_map_with_path(leaf, abstract_state)
 
 
+def _restore_item(target: Any, partial: bool) -> Any:
+    """Returns orbax's restore argument for the state: all of it, or the part `target` names."""
+    if not partial:
+        return ocp.args.StandardRestore(target)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    return ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)
+
+
 def _verified_restore(
-    manager: ocp.CheckpointManager, step: int, abstract_state: Any
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any, partial: bool = False
 ) -> tuple[Any, dict[str, checksums.ArrayPrint] | None, str | None]:
     """Returns (state, its prints, None) if checkpoint `step` passes every check, else why not.
 
-    Raises the shape-mismatch ValueError for an intact checkpoint of another config. Every
-    process must call it; all reach the same verdict.
+    With `partial`, abstract_state names a part of the saved state (a dict of some of its
+    fields), and only that part is read and checked. Raises the shape-mismatch ValueError for an
+    intact checkpoint of another config. Every process must call it; all reach the same verdict.
     """
     step_dir = epath.Path(manager.directory) / str(step)
     bad_json = _invalid_json(step_dir)
@@ -433,10 +451,14 @@ def _verified_restore(
         shapes, why = _saved_shapes(manager, step, record)
     if not _all_processes(why is None):
         return None, None, why or _ELSEWHERE
-    _raise_if_mismatched(shapes, _shapes_by_path(abstract_state), str(manager.directory))
+    expected = _shapes_by_path(abstract_state)
+    if partial:
+        shapes = {name: shape for name, shape in shapes.items() if name in expected}
+        record = None if record is None else {n: a for n, a in record.items() if n in expected}
+    _raise_if_mismatched(shapes, expected, str(manager.directory))
     dtypes = {n: a["dtype"] for n, a in (record or {}).items()}
     target = _with_dtypes(abstract_state, dtypes)
-    items, error = _orbax_restore(manager, step, {STATE: ocp.args.StandardRestore(target)})
+    items, error = _orbax_restore(manager, step, {STATE: _restore_item(target, partial)})
     why = None if error is None else f"orbax could not read it ({error})"
     if not _all_processes(why is None):
         return None, None, why or _ELSEWHERE
@@ -471,7 +493,10 @@ def _cast_to(state: Any, abstract_state: Any) -> tuple[Any, bool]:
 
 
 def restore(
-    manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None
+    manager: ocp.CheckpointManager,
+    abstract_state: Any,
+    step: int | None = None,
+    partial: bool = False,
 ) -> tuple[Any, int] | None:
     """Returns (state, step) of the newest checkpoint that passes verification; None if none exist.
 
@@ -483,7 +508,9 @@ def restore(
     tried; a fallback is logged as "Checkpoint 120 failed verification (...); resumed from step
     110, the newest intact checkpoint." Raises CheckpointIntegrityError if none passes (or
     `step` fails), and the "does not fit this config" ValueError at once, without falling back,
-    for an intact checkpoint of other shapes. Every process must call it.
+    for an intact checkpoint of other shapes. With `partial` (a manager made with
+    `partial=True`), abstract_state is a dict of some of the state's fields, e.g. {"ema_params":
+    ...}, and only those arrays are read and verified. Every process must call it.
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if step is not None and step not in steps:
@@ -494,7 +521,7 @@ def restore(
     ledger = _ledger(manager)
     failures: dict[int, str] = {}
     for candidate in steps:
-        state, prints, why = _verified_restore(manager, candidate, abstract_state)
+        state, prints, why = _verified_restore(manager, candidate, abstract_state, partial)
         if why is None:
             break
         failures[candidate] = ledger.failed[candidate] = why
@@ -525,9 +552,10 @@ def restore(
 
 
 def saved_config(manager: ocp.CheckpointManager) -> dict | None:
-    """Returns the config saved with the newest checkpoint as a plain dict, or None if none."""
+    """Returns the config saved with the newest checkpoint as a plain dict, or None if none (one
+    written before config.model was split by part comes back split)."""
     step = manager.latest_step()
     if step is None:
         return None
     restored = manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
-    return restored[CONFIG]
+    return config_checks.upgrade_model_section(restored[CONFIG])

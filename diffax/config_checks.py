@@ -40,3 +40,67 @@ def int_tuple(value, field: str, allow_empty: bool) -> tuple:
     if not ok:
         raise ConfigError(f"{field}={value!r} must be a tuple of positive integers.")
     return tuple(value)
+
+
+# The flat config.model fields of diffax before config.model was split by part (2026-12), each
+# with its new place; "unet" fields belong to model.classifier for a noisy classifier.
+_UNET_FIELDS = (
+    "ch channel_mult num_res_blocks attention_resolutions num_head_channels dropout "
+    "resblock_updown use_scale_shift_norm"
+).split()
+MOVED_MODEL_FIELDS = {
+    **{name: f"unet.{name}" for name in _UNET_FIELDS + ["num_heads", "fourier_features"]},
+    **{name: f"dit.{name}" for name in ("patch_size", "hidden_size", "depth", "mlp_ratio")},
+    "text_width": "text.width",
+    "text_depth": "text.depth",
+    "text_heads": "text.num_heads",
+    "text_positions": "text.positions",
+    "text_pool": "text.pool",
+    **{
+        name: f"autoencoder.{name}"
+        for name in ("block_out_channels", "layers_per_block", "z_channels", "norm_num_groups")
+    },
+    "disc_ndf": "discriminator.ndf",
+    "disc_layers": "discriminator.num_layers",
+}
+
+
+def moved_field(name: str, model_name: str | None = None) -> str:
+    """Returns where the old flat field model.<name> lives now (for a noisy classifier, a DiT)."""
+    new = MOVED_MODEL_FIELDS[name]
+    if model_name == "noisy_classifier" and new.startswith("unet.") and name != "fourier_features":
+        return "classifier." + new.split(".", 1)[1]
+    if model_name == "dit" and name == "num_heads":
+        return "dit.num_heads"
+    return new
+
+
+def check_no_moved_fields(model, model_name: str) -> None:
+    """Refuses a config (file or saved) that sets an old flat model field, which nothing reads."""
+    moved = [name for name in model if name in MOVED_MODEL_FIELDS]
+    if moved:
+        pairs = ", ".join(f"model.{n} -> model.{moved_field(n, model_name)}" for n in moved)
+        raise ConfigError(
+            f"config.model is split by part now: move {pairs} (configs/default.py lists every "
+            "field)."
+        )
+
+
+def upgrade_model_section(config: dict) -> dict:
+    """Returns a saved config dict with an old flat `model` moved into its parts (the section a
+    checkpoint written before the split holds); a current one comes back unchanged."""
+    model = dict(config.get("model") or {})
+    flat = [name for name in model if name in MOVED_MODEL_FIELDS]
+    if not flat:
+        return config
+    for name in flat:
+        value = model.pop(name)
+        targets = {MOVED_MODEL_FIELDS[name]}
+        if name in _UNET_FIELDS or name == "num_heads":
+            targets.add(f"classifier.{name}")
+        if name == "num_heads":
+            targets.add("dit.num_heads")
+        for target in targets:
+            section, field = target.split(".")
+            model.setdefault(section, {})[field] = value
+    return {**config, "model": model}

@@ -4,6 +4,8 @@ import re
 
 from absl import flags
 
+from diffax import config_checks
+
 _CONFIG_FILE_HELP = "give a config file such as configs/digits.py"
 
 
@@ -36,6 +38,15 @@ def _unknown_field(error: Exception, argv: list[str]) -> str | None:
     path = override.split("=", 1)[0][len("--config.") :]
     section = path.rsplit(".", 1)[0] if "." in path else ""
     where = f"config.{section}" if section else "the config"
+    if section == "model" and key in config_checks.MOVED_MODEL_FIELDS:
+        new = config_checks.moved_field(key)
+        others = [
+            f"model.{config_checks.moved_field(key, kind)} for a {label}"
+            for kind, label in (("noisy_classifier", "noisy classifier"), ("dit", "DiT"))
+            if config_checks.moved_field(key, kind) != new
+        ]
+        also = f" ({', '.join(others)})" if others else ""
+        return f"{override}: config.model is split by part now; set --config.model.{new}{also}."
     suggestion = re.search(r'Did you mean "([^"]+)"', text)
     hint = (
         f"did you mean {suggestion.group(1)!r}?"

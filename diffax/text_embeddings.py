@@ -4,7 +4,7 @@
 name (the TFDS split before any slice: "train[:90%]" -> "train") fills it, one .npz per split:
 
     embeddings  [N, L, D] float16 or float32  the encoder's per-token output (L = data.text_length,
-                                              D = model.text_width: the cross-attention's context)
+                                              D = model.text.width: the cross-attention's context)
     mask        [N, L] bool                   True on real tokens; False keys get zero weight
     index       [N] integer                   the example of the split each row belongs to: its
                                               0-based position in the split's order; unique
@@ -79,7 +79,7 @@ def check_file(
     path: str, length: int, width: int | None, field: str = "data.text_embeddings"
 ) -> int:
     """Returns N after checking the file's keys, dtypes and shapes against L = length and
-    D = width (model.text_width; None: any); ValueError in one sentence naming the file and what
+    D = width (model.text.width; None: any); ValueError in one sentence naming the file and what
     is accepted."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -115,8 +115,8 @@ def check_file(
         )
     if width is not None and file_width != width:
         raise ValueError(
-            f"{field}: {path} holds {file_width}-wide embeddings but model.text_width={width}: "
-            f"set model.text_width={file_width} (the width of the context the model attends to)."
+            f"{field}: {path} holds {file_width}-wide embeddings but model.text.width={width}: "
+            f"set model.text.width={file_width} (the width of the context the model attends to)."
         )
     if file_length != length:
         raise ValueError(
@@ -130,7 +130,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     """Checks the files of the train and eval splits (headers only: no array is read)."""
     pattern = config.data.text_embeddings
     for split in dict.fromkeys((config.data.train_split, config.data.eval_split)):
-        check_file(path_for(pattern, split), config.data.text_length, config.model.text_width)
+        check_file(path_for(pattern, split), config.data.text_length, config.model.text.width)
 
 
 def load(

@@ -74,7 +74,7 @@ class Trainer:
         }
         length = self.config.data.get("text_length", 0)
         if build.has_stored_embeddings(self.config):
-            batch["context"] = spec((length, self.config.model.text_width), jnp.float32)
+            batch["context"] = spec((length, self.config.model.text.width), jnp.float32)
             batch["context_mask"] = spec((length,), jnp.bool_)
         elif length:
             batch["tokens"] = spec((length,), jnp.int32)

@@ -8,7 +8,17 @@ a new option is accepted here as soon as its module offers it.
 import jax
 import ml_collections
 
-from diffax import build, diffusion, generate, schedules, sharding, solvers, tasks, timestep_sampler
+from diffax import (
+    build,
+    config_checks,
+    diffusion,
+    generate,
+    schedules,
+    sharding,
+    solvers,
+    tasks,
+    timestep_sampler,
+)
 from diffax.config_checks import ConfigError
 from diffax.config_checks import choice as _choice
 from diffax.config_checks import int_tuple as _int_tuple
@@ -18,34 +28,40 @@ from diffax.datasets import captions
 from diffax.models import dit, layers, unet
 
 DTYPES = ("float32", "bfloat16", "float16")
-# model.text_positions: the text encoder's position code (models.text_encoder.TextEncoder).
+# model.text.positions: the text encoder's position code (models.text_encoder.TextEncoder).
 TEXT_POSITIONS = ("learned", "none", "words")
 
 
-def _validate_unet(config: ml_collections.ConfigDict) -> None:
-    m, data = config.model, config.data
-    _positive_int(m.ch, "model.ch")
-    _positive_int(m.num_res_blocks, "model.num_res_blocks")
+def _validate_unet(config: ml_collections.ConfigDict, part: str) -> None:
+    """Checks the U-Net section model.<part> ("unet", or "classifier": ADM's encoder half)."""
+    m, data, f = config.model[part], config.data, f"model.{part}."
+    _positive_int(m.ch, f + "ch")
+    _positive_int(m.num_res_blocks, f + "num_res_blocks")
     mult = m.channel_mult
     ok = isinstance(mult, (tuple, list)) and len(mult) > 0
     ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in mult)
     if not ok or not all(c > 0 and float(m.ch * c).is_integer() for c in mult):
         raise ConfigError(
-            f"model.channel_mult={mult!r} must be a tuple of positive multipliers giving whole "
-            f"channel counts with model.ch={m.ch}."
+            f"{f}channel_mult={mult!r} must be a tuple of positive multipliers giving whole "
+            f"channel counts with {f}ch={m.ch}."
         )
     mult = tuple(mult)
     widths = sorted({int(m.ch * c) for c in mult})
-    _int_tuple(m.attention_resolutions, "model.attention_resolutions", allow_empty=True)
-    _positive_int(m.num_heads, "model.num_heads")
-    if not isinstance(m.num_head_channels, int) or m.num_head_channels == 0:
+    _int_tuple(m.attention_resolutions, f + "attention_resolutions", allow_empty=True)
+    _positive_int(m.num_heads, f + "num_heads")
+    if not (isinstance(m.num_head_channels, int) and not isinstance(m.num_head_channels, bool)):
         raise ConfigError(
-            f"model.num_head_channels={m.num_head_channels!r} must be a positive integer or -1."
+            f"{f}num_head_channels={m.num_head_channels!r} must be a positive integer or -1."
         )
+    if m.num_head_channels < 1 and m.num_head_channels != -1:
+        raise ConfigError(
+            f"{f}num_head_channels={m.num_head_channels!r} must be a positive integer or -1."
+        )
+    _number(m.dropout, f + "dropout", 0.0, 1.0, high_open=True)
     bad_widths = [w for w in widths if w % layers.NUM_GROUPS]
     if bad_widths:
         raise ConfigError(
-            f"model.ch={m.ch} with model.channel_mult={mult!r} gives widths {bad_widths} that "
+            f"{f}ch={m.ch} with {f}channel_mult={mult!r} gives widths {bad_widths} that "
             f"GroupNorm's {layers.NUM_GROUPS} groups cannot split; use multiples of "
             f"{layers.NUM_GROUPS}."
         )
@@ -53,62 +69,62 @@ def _validate_unet(config: ml_collections.ConfigDict) -> None:
     if data.image_size % factor:
         raise ConfigError(
             f"data.image_size={data.image_size} must be divisible by {factor}, the U-Net's "
-            f"downsampling for model.channel_mult={mult!r} (use a size divisible by {factor} "
+            f"downsampling for {f}channel_mult={mult!r} (use a size divisible by {factor} "
             "or fewer levels)."
         )
     reachable = unet.reachable_resolutions(data.image_size, len(mult))
     for res in tuple(m.attention_resolutions):
         if res not in reachable:
             raise ConfigError(
-                f"model.attention_resolutions contains {res}, which the U-Net never reaches; "
+                f"{f}attention_resolutions contains {res}, which the U-Net never reaches; "
                 f"its resolutions are {reachable}."
             )
     for width in widths:
         try:
             layers.attention_heads(width, m.num_heads, m.num_head_channels)
         except ValueError as e:
-            field = "model.num_head_channels" if m.num_head_channels > 0 else "model.num_heads"
+            field = f + ("num_head_channels" if m.num_head_channels > 0 else "num_heads")
             raise ConfigError(
                 f"{field}: {e} (the level widths are {widths}); pick a value dividing each."
             ) from None
 
 
 def _validate_dit(config: ml_collections.ConfigDict) -> None:
-    m, data = config.model, config.data
-    _positive_int(m.patch_size, "model.patch_size")
-    _positive_int(m.hidden_size, "model.hidden_size")
-    _positive_int(m.num_heads, "model.num_heads")
-    _positive_int(m.depth, "model.depth")
+    m, data = config.model.dit, config.data
+    _positive_int(m.patch_size, "model.dit.patch_size")
+    _positive_int(m.hidden_size, "model.dit.hidden_size")
+    _positive_int(m.num_heads, "model.dit.num_heads")
+    _positive_int(m.depth, "model.dit.depth")
     try:
         dit.check_patch_size(m.patch_size, data.image_size, data.image_size)
         dit.check_hidden_size(m.hidden_size, m.num_heads)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    _number(m.mlp_ratio, "model.mlp_ratio", 0.0, float("inf"), high_open=True)
+    _number(m.mlp_ratio, "model.dit.mlp_ratio", 0.0, float("inf"), high_open=True)
     if int(m.hidden_size * m.mlp_ratio) < 1:
-        raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} must give an MLP at least 1 unit wide.")
-    if m.dropout:
-        raise ConfigError(f"model.dropout={m.dropout!r} must be 0 for DiT, which has no dropout.")
+        raise ConfigError(
+            f"model.dit.mlp_ratio={m.mlp_ratio} must give an MLP at least 1 unit wide."
+        )
 
 
 def _validate_autoencoder(config: ml_collections.ConfigDict) -> None:
-    """Checks the KL autoencoder's own fields (model.*); its loss fields are its task's."""
-    m, data = config.model, config.data
-    widths = _int_tuple(m.block_out_channels, "model.block_out_channels", allow_empty=False)
-    _positive_int(m.layers_per_block, "model.layers_per_block")
-    _positive_int(m.z_channels, "model.z_channels")
-    _positive_int(m.norm_num_groups, "model.norm_num_groups")
+    """Checks the KL autoencoder's fields (model.autoencoder); its loss fields are its task's."""
+    m, data, f = config.model.autoencoder, config.data, "model.autoencoder."
+    widths = _int_tuple(m.block_out_channels, f + "block_out_channels", allow_empty=False)
+    _positive_int(m.layers_per_block, f + "layers_per_block")
+    _positive_int(m.z_channels, f + "z_channels")
+    _positive_int(m.norm_num_groups, f + "norm_num_groups")
     bad = [w for w in widths if w % m.norm_num_groups]
     if bad:
         raise ConfigError(
-            f"model.norm_num_groups={m.norm_num_groups} must divide every width of "
-            f"model.block_out_channels={widths} ({bad} are not multiples)."
+            f"{f}norm_num_groups={m.norm_num_groups} must divide every width of "
+            f"{f}block_out_channels={widths} ({bad} are not multiples)."
         )
     factor = 2 ** (len(widths) - 1)
     if data.image_size % factor:
         raise ConfigError(
             f"data.image_size={data.image_size} must be divisible by {factor}, the autoencoder's "
-            f"downsampling for model.block_out_channels={widths}."
+            f"downsampling for {f}block_out_channels={widths}."
         )
 
 
@@ -127,15 +143,17 @@ def _validate_autoencoder_loss(config: ml_collections.ConfigDict) -> None:
 def _validate_model(config: ml_collections.ConfigDict) -> None:
     m, data = config.model, config.data
     _choice(m.name, "model.name", tuple(build.MODELS))
+    config_checks.check_no_moved_fields(m, m.name)
     _positive_int(data.image_size, "data.image_size")
-    if m.name in ("unet", "noisy_classifier"):  # The classifier is the U-Net's encoder half.
-        _validate_unet(config)
+    if m.name == "unet":
+        _validate_unet(config, "unet")
+    elif m.name == "noisy_classifier":
+        _validate_unet(config, "classifier")
     elif m.name == "dit":
         _validate_dit(config)
     elif m.name == "autoencoder_kl":
         _validate_autoencoder(config)
     _choice(m.dtype, "model.dtype", DTYPES)
-    _number(m.dropout, "model.dropout", 0.0, 1.0, high_open=True)
     _positive_int(data.num_classes, "data.num_classes", allow_zero=True)
     if not isinstance(m.class_cond, bool):
         raise ConfigError(f"model.class_cond={m.class_cond!r} must be True or False.")
@@ -146,7 +164,7 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_text(config: ml_collections.ConfigDict) -> None:
-    """Checks the text-conditioning fields: model.text_* and data.text_length."""
+    """Checks the text-conditioning fields: model.text_cond, model.text and data.text_length."""
     m, data = config.model, config.data
     text_cond, length = m.get("text_cond", False), data.get("text_length", 0)
     if not isinstance(text_cond, bool):
@@ -174,7 +192,7 @@ def _validate_text(config: ml_collections.ConfigDict) -> None:
             f"model.text_cond=True trains with diffusion.kind='discrete' only, got "
             f"{config.diffusion.kind!r}."
         )
-    _positive_int(m.text_width, "model.text_width")
+    _positive_int(m.text.width, "model.text.width")
     if build.has_stored_embeddings(config):
         _validate_stored_embeddings(config)
         return
@@ -189,17 +207,16 @@ def _validate_text(config: ml_collections.ConfigDict) -> None:
             f"data.text_length={length} must be at least {needed}: the longest digits caption "
             f"is {needed - 1} UTF-8 bytes plus the BOS token."
         )
-    _positive_int(m.text_width, "model.text_width")
-    _positive_int(m.text_depth, "model.text_depth")
-    _positive_int(m.text_heads, "model.text_heads")
-    if m.text_positions not in TEXT_POSITIONS:
+    text = m.text
+    _positive_int(text.width, "model.text.width")
+    _positive_int(text.depth, "model.text.depth")
+    _positive_int(text.num_heads, "model.text.num_heads")
+    _choice(text.positions, "model.text.positions", TEXT_POSITIONS)
+    if not isinstance(text.pool, bool):
+        raise ConfigError(f"model.text.pool={text.pool!r} must be True or False.")
+    if text.width % text.num_heads:
         raise ConfigError(
-            f"model.text_positions={m.text_positions!r} must be one of "
-            f"{', '.join(map(repr, TEXT_POSITIONS))}."
-        )
-    if m.text_width % m.text_heads:
-        raise ConfigError(
-            f"model.text_heads={m.text_heads} must divide model.text_width={m.text_width}."
+            f"model.text.num_heads={text.num_heads} must divide model.text.width={text.width}."
         )
 
 
@@ -509,8 +526,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     device_count = jax.device_count() if device_count is None else device_count
     _validate_latent(config)
     _validate_data(config)
+    _validate_text(config)  # First: a text model's backbone is named before its fields.
     _validate_model(config)
-    _validate_text(config)
     _validate_diffusion(config)
     _validate_training(config, device_count)
     _validate_autoencoder_loss(config)

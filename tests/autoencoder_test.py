@@ -192,7 +192,7 @@ def test_posterior_sample_depends_on_key_and_mean_path_is_decode_of_mean(tiny):
 
 def test_digits_config_gives_8x8x4_latents():
     config = digits_autoencoder.get_config()
-    m = config.model
+    m = config.model.autoencoder
     model = AutoencoderKL(
         in_channels=config.data.num_channels,
         out_channels=config.data.num_channels,
@@ -303,9 +303,9 @@ def _tiny_gan_config(data_dir, num_steps):
     config = digits_autoencoder_gan.get_config()
     config.data.data_dir = data_dir
     config.data.image_size = 16
-    config.model.block_out_channels = (8, 8)
-    config.model.norm_num_groups = 4
-    config.model.disc_ndf = 4
+    config.model.autoencoder.block_out_channels = (8, 8)
+    config.model.autoencoder.norm_num_groups = 4
+    config.model.discriminator.ndf = 4
     config.training.update(
         num_steps=num_steps, disc_start=2, warmup_steps=1, checkpoint_every=2, log_every=1
     )

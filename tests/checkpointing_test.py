@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from diffax import checkpointing, checksums
 
-CONFIG = ml_collections.ConfigDict({"model": {"ch": 4}})
+CONFIG = ml_collections.ConfigDict({"model": {"unet": {"ch": 4}}})
 
 
 def _state(seed: int, kernel_shape=(64, 64)) -> dict:
@@ -196,6 +196,43 @@ def test_finite_values_changed_on_disk_fail_their_checksum(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     assert _restore(tmp_path)[0][1] == 1
     assert "checksum mismatch in opt_state/0/mu/conv/bias;" in _messages(caplog)
+
+
+def _restore_part(workdir, part):
+    """Returns restore's result for a part of the state, read as --mode=eval reads the EMA."""
+    manager = checkpointing.create_manager(str(workdir), read_only=True, partial=True)
+    try:
+        return checkpointing.restore(manager, part, partial=True)
+    finally:
+        checkpointing.close(manager)
+
+
+def test_partial_restore_reads_and_verifies_the_ema_alone(tmp_path, caplog):
+    saved = _save(tmp_path, [1, 2])
+    ema = {"ema_params": _abstract(saved[2])["ema_params"]}
+    part, step = _restore_part(tmp_path, ema)
+    assert step == 2 and set(part) == {"ema_params"}
+    chex.assert_trees_all_equal(part["ema_params"], saved[2]["ema_params"])
+    # A changed optimizer moment is not the EMA's concern; a changed EMA array falls back.
+    changed = _state(2)
+    changed["opt_state"][0].mu["conv"]["bias"] = changed["opt_state"][0].mu["conv"]["bias"] + 0.5
+    _overwrite_state(tmp_path, 2, changed)
+    assert _restore_part(tmp_path, ema)[1] == 2
+    assert _restore(tmp_path)[0][1] == 1  # The whole state, as training reads it, is damaged.
+    changed["ema_params"][0]["conv"]["bias"] = changed["ema_params"][0]["conv"]["bias"] + 0.5
+    _overwrite_state(tmp_path, 2, changed)
+    caplog.set_level(logging.INFO)
+    part, step = _restore_part(tmp_path, ema)
+    assert step == 1
+    chex.assert_trees_all_equal(part["ema_params"], saved[1]["ema_params"])
+    assert "checksum mismatch in ema_params/0/conv/bias" in _messages(caplog)
+
+
+def test_partial_restore_of_another_shape_does_not_fit(tmp_path):
+    _save(tmp_path, [1])
+    other = {"ema_params": _abstract(_state(1, kernel_shape=(32, 64)))["ema_params"]}
+    with pytest.raises(ValueError, match=r"does not fit this config .*ema_params/0/conv/kernel"):
+        _restore_part(tmp_path, other)
 
 
 def test_checkpoint_without_a_record_is_accepted_only_if_finite(tmp_path, caplog):

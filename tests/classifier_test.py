@@ -23,7 +23,7 @@ NUM_CLASSES = 3
 
 def _build(config) -> NoisyClassifier:
     """The builder proposed for build.MODELS["noisy_classifier"] (config -> module)."""
-    m = config.model
+    m = config.model.classifier
     return NoisyClassifier(
         num_classes=config.data.num_classes,
         ch=m.ch,
@@ -35,8 +35,8 @@ def _build(config) -> NoisyClassifier:
         dropout=m.dropout,
         resblock_updown=m.resblock_updown,
         use_scale_shift_norm=m.use_scale_shift_norm,
-        dtype=jnp.dtype(m.dtype),
-        remat=m.remat,
+        dtype=jnp.dtype(config.model.dtype),
+        remat=config.model.remat,
     )
 
 
@@ -126,7 +126,7 @@ def test_param_count_matches_hand_formula(extra):
 def test_digits_classifier_config_param_count_and_process():
     config = digits_classifier.get_config()
     model = _build(config)
-    m = config.model
+    m = config.model.classifier
     x = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.num_channels))
     params = jax.eval_shape(model.init, jax.random.key(0), x, jnp.zeros((1,), jnp.int32))
     expected = _hand_count(

@@ -76,8 +76,8 @@ def make_autoencoder_workdir(workdir, data_dir, num_steps=1, scale=2.0, channel_
     config = digits_autoencoder.get_config()
     config.data.data_dir = data_dir
     config.data.image_size = 16
-    config.model.block_out_channels = (8, 8)
-    config.model.norm_num_groups = 4
+    config.model.autoencoder.block_out_channels = (8, 8)
+    config.model.autoencoder.norm_num_groups = 4
     config.training.num_steps = num_steps
     model, tx = build.create_model(config), tasks.create_optimizer(config)
     key = jax.random.key(0, impl="rbg")  # threefry's init of ~100 leaves compiles slowly.

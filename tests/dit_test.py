@@ -332,7 +332,9 @@ def test_patch_size_that_does_not_divide_the_image_raises():
     x, t, _ = _inputs(batch=1)
     with pytest.raises(ValueError) as error:
         jax.eval_shape(model.init, jax.random.key(0), x, t, None)
-    assert str(error.value).splitlines()[0] == "model.patch_size=3 must divide the image size 8x8."
+    assert (
+        str(error.value).splitlines()[0] == "model.dit.patch_size=3 must divide the image size 8x8."
+    )
 
 
 def test_digits_dit_config_validates_builds_and_lowers_a_train_step():
@@ -380,23 +382,21 @@ def test_imagenet256_dit_xl2_config_is_valid():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("model.patch_size", 3),  # does not divide data.image_size = 8
-        ("model.patch_size", 0),
-        ("model.hidden_size", 130),  # not divisible by num_heads = 4
-        ("model.hidden_size", 6),  # 6 % 4: no 2-D sine-cosine split (with num_heads = 2)
-        ("model.num_heads", 0),
-        ("model.depth", 0),
-        ("model.mlp_ratio", 0.0),
-        ("model.mlp_ratio", -1.0),
-        ("model.dropout", 0.1),  # DiT has no dropout
+        ("model.dit.patch_size", 3),  # does not divide data.image_size = 8
+        ("model.dit.patch_size", 0),
+        ("model.dit.hidden_size", 130),  # not divisible by num_heads = 4
+        ("model.dit.hidden_size", 6),  # 6 % 4: no 2-D sine-cosine split (with num_heads = 2)
+        ("model.dit.num_heads", 0),
+        ("model.dit.depth", 0),
+        ("model.dit.mlp_ratio", 0.0),
+        ("model.dit.mlp_ratio", -1.0),
     ],
 )
 def test_invalid_dit_field_is_named(field, value):
     config = digits_dit.get_config()
-    section, name = field.split(".")
-    config[section][name] = value
+    config.update_from_flattened_dict({field: value})
     if value == 6:
-        config.model.num_heads = 2
+        config.model.dit.num_heads = 2
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as error:
         validation.validate_config(config, device_count=8)
     assert "\n" not in str(error.value)
@@ -404,6 +404,6 @@ def test_invalid_dit_field_is_named(field, value):
 
 def test_unet_checks_do_not_apply_to_dit():
     config = digits_dit.get_config()
-    config.model.ch = 48  # GroupNorm's 32 groups refuse this U-Net width; DiT never reads it.
-    config.model.attention_resolutions = (16,)  # never reached by the U-Net on 8x8 digits
+    config.model.unet.ch = 48  # GroupNorm's 32 groups refuse this U-Net width; DiT never reads it.
+    config.model.unet.attention_resolutions = (16,)  # never reached by the U-Net on 8x8 digits
     validation.validate_config(config, device_count=8)

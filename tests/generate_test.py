@@ -55,7 +55,7 @@ def _tiny_classifier_config():
 
     config = digits_classifier.get_config()
     config.diffusion.num_timesteps = tiny.get_config().diffusion.num_timesteps
-    config.model.attention_resolutions = ()
+    config.model.unet.attention_resolutions = ()
     return config
 
 

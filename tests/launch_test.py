@@ -16,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 CONFIG = "configs/imagenet64.py"
 WORKDIR = "gs://bucket/run 1"  # A space, to check the quoting.
-EXTRA = ["--config.training.batch_size=256", "--config.model.attention_resolutions=(16, 8)"]
+EXTRA = ["--config.training.batch_size=256", "--config.model.unet.attention_resolutions=(16, 8)"]
 LAUNCHER_ENV = (
     "DRY_RUN",
     "TPU_NAME",

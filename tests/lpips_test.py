@@ -136,8 +136,8 @@ def test_main_job_trains_with_the_lpips_term(weights, data_dir, tmp_path, caplog
     config = digits_autoencoder.get_config()
     config.data.data_dir = data_dir
     config.data.image_size = 16
-    config.model.block_out_channels = (8, 8)
-    config.model.norm_num_groups = 4
+    config.model.autoencoder.block_out_channels = (8, 8)
+    config.model.autoencoder.norm_num_groups = 4
     config.training.update(num_steps=2, warmup_steps=1, checkpoint_every=2, log_every=1)
     config.training.perceptual_weight = 1.0
     assert autoencoder_task.perceptual_fn(config) is None  # No file: skipped, with one warning.

@@ -99,7 +99,11 @@ CONFIG_CASES = [
     ),
     ("hybrid-fixed", ["--config.diffusion.var_type=fixed_large"], ["diffusion.loss_type"]),
     ("image-size", ["--config.data.image_size=9"], ["data.image_size"]),
-    ("attention", ["--config.model.attention_resolutions=(3,)"], ["model.attention_resolutions"]),
+    (
+        "attention",
+        ["--config.model.unet.attention_resolutions=(3,)"],
+        ["model.unet.attention_resolutions"],
+    ),
     ("ema-rate", ["--config.training.ema_rates=(1.5,)"], ["training.ema_rates"]),
     ("model-name", ["--config.model.name=transformer"], ["model.name", "unet"]),
     (
@@ -129,14 +133,15 @@ CONFIG_CASES = [
     ("chain-frames", ["--config.eval.chain_frames=-1"], ["eval.chain_frames"]),
     (
         "dit-patch",
-        ["--config.model.name=dit", "--config.model.patch_size=3", "--config.model.dropout=0.0"],
-        ["model.patch_size"],
+        ["--config.model.name=dit", "--config.model.dit.patch_size=3"],
+        ["model.dit.patch_size"],
     ),
     (
         "dit-heads",
-        ["--config.model.name=dit", "--config.model.num_heads=5", "--config.model.dropout=0.0"],
-        ["model.hidden_size", "model.num_heads"],
+        ["--config.model.name=dit", "--config.model.dit.num_heads=5"],
+        ["model.dit.hidden_size", "model.dit.num_heads"],
     ),
+    ("old-model-field", ["--config.model.ch=64"], ["--config.model.ch=64", "model.unet.ch"]),
     ("mode", ["--mode=fit"], ["--mode", "train"]),
     ("unknown-flag", ["--num_steps=5"], ["--num_steps"]),
     ("num-samples-zero", ["--mode=sample", "--num_samples=0"], ["--num_samples"]),
@@ -213,7 +218,7 @@ def test_read_only_workdir_loses_nothing(tmp_path, trained):
 
 def test_checkpoint_of_another_model_width_is_refused_and_kept(trained, data_dir):
     before = _snapshot(trained)
-    other = ["--config.model.ch=64", "--config.model.num_head_channels=64"]
+    other = ["--config.model.unet.ch=64", "--config.model.unet.num_head_channels=64"]
     for mode in ("train", "eval", "sample"):
         done = _run([f"--workdir={trained}", f"--config.data.data_dir={data_dir}", *other])
         _assert_one_sentence(done, "does not fit this config", "params/")

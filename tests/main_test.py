@@ -198,13 +198,13 @@ def test_latent_diffusion_trains_on_a_main_trained_gan_autoencoder_and_decodes_s
     autoencoder = str(tmp_path / "autoencoder")
     tiny_autoencoder = (
         "--config.data.image_size=16",  # f = 2: 8x8x4 latents, tiny.py's image size.
-        "--config.model.block_out_channels=(8,8)",
-        "--config.model.norm_num_groups=4",
+        "--config.model.autoencoder.block_out_channels=(8,8)",
+        "--config.model.autoencoder.norm_num_groups=4",
         "--config.training.num_steps=2",
         "--config.training.warmup_steps=1",
         "--config.training.checkpoint_every=2",
         "--config.eval.batch_size=120",
-        "--config.model.disc_ndf=4",  # The GAN (disc_weight 0.5) from step 1: its last step.
+        "--config.model.discriminator.ndf=4",  # The GAN (disc_weight 0.5) from step 1.
         "--config.training.disc_start=1",
     )
     done = subprocess.run(
@@ -260,11 +260,11 @@ def test_text_conditioned_latent_model_trains_and_decodes_a_prompt(data_dir, tmp
     make_autoencoder_workdir(autoencoder, data_dir)
     fields = (
         f"--config.latent.autoencoder_workdir={autoencoder}",
-        "--config.model.ch=32",  # tiny_text.py's denoiser, on 8x8x4 latents.
-        "--config.model.channel_mult=(1,1)",
-        "--config.model.text_width=32",
-        "--config.model.text_depth=1",
-        "--config.model.text_heads=2",
+        "--config.model.unet.ch=32",  # tiny_text.py's denoiser, on 8x8x4 latents.
+        "--config.model.unet.channel_mult=(1,1)",
+        "--config.model.text.width=32",
+        "--config.model.text.depth=1",
+        "--config.model.text.num_heads=2",
         "--config.diffusion.num_timesteps=40",
         "--config.training.batch_size=16",
         "--config.training.num_steps=2",

@@ -77,20 +77,20 @@ def test_training_settings_are_the_configs():
 
 
 @pytest.mark.parametrize(
-    "section, field, value",
+    "field, value",
     [
-        ("model", "class_cond", True),
-        ("model", "resblock_updown", True),
-        ("model", "channel_mult", (2, 2)),
-        ("model", "attention_resolutions", (8, 4)),  # 1 head of 32 at 8x8, 2 of 32 at 4x4.
-        ("diffusion", "mean_type", "v"),
-        ("diffusion", "var_type", "learned"),
-        ("diffusion", "loss_type", "kl"),
+        ("model.class_cond", True),
+        ("model.unet.resblock_updown", True),
+        ("model.unet.channel_mult", (2, 2)),
+        ("model.unet.attention_resolutions", (8, 4)),  # 1 head of 32 at 8x8, 2 of 32 at 4x4.
+        ("diffusion.mean_type", "v"),
+        ("diffusion.var_type", "learned"),
+        ("diffusion.loss_type", "kl"),
     ],
 )
-def test_untranslatable_configs_are_refused(section, field, value):
+def test_untranslatable_configs_are_refused(field, value):
     config = peer_benchmark.cpu_config()
-    config[section][field] = value
+    config.update_from_flattened_dict({field: value})
     with pytest.raises(ValueError):
         peer_benchmark.peer_model_kwargs(config)
         peer_benchmark.peer_diffusion_kwargs(config)

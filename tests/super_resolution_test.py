@@ -107,7 +107,7 @@ def _sr_config(**overrides):
 def test_backbones_see_the_low_resolution_image_and_its_level(name):
     config = _sr_config(model__name=name)
     if name == "dit":
-        config.model.hidden_size, config.model.depth, config.model.num_heads = 32, 1, 2
+        config.model.dit.hidden_size, config.model.dit.depth, config.model.dit.num_heads = 32, 1, 2
     model = build.create_model(config)
     params = tasks.init_params(jax.random.PRNGKey(0), model, config)
     # Zero-initialised output layers would hide the inputs: perturb every parameter.
@@ -157,8 +157,8 @@ def test_main_job_trains_an_upsampler_reports_psnr_and_samples_a_cascade(data_di
     # The cascade: a 4x4 base model's samples, upsampled to 8x8.
     base = tiny.get_config()
     base.data.image_size, base.data.data_dir = 4, data_dir
-    base.model.channel_mult = (1,)
-    base.model.attention_resolutions = ()
+    base.model.unet.channel_mult = (1,)
+    base.model.unet.attention_resolutions = ()
     train.train(base, str(tmp_path / "base"))
     config.super_resolution.base_workdir = str(tmp_path / "base")
     path = evaluate.sample_checkpoint(config, str(tmp_path / "sr"), num_samples=10)

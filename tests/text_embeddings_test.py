@@ -27,7 +27,7 @@ def test_file_errors_are_one_sentence_naming_the_file_and_what_is_accepted(tmp_p
     path = str(tmp_path / "train.npz")
     _write(path)
     assert text_embeddings.check_file(path, 4, 8) == 6
-    with pytest.raises(ValueError, match=r"holds 8-wide embeddings but model.text_width=16"):
+    with pytest.raises(ValueError, match=r"holds 8-wide embeddings but model.text.width=16"):
         text_embeddings.check_file(path, 4, 16)
     with pytest.raises(ValueError, match=r"4 tokens per example but data.text_length=5"):
         text_embeddings.check_file(path, 5, 8)
@@ -63,7 +63,7 @@ def test_validation_refuses_a_width_mismatch_and_a_missing_split_file(data_dir, 
     with pytest.raises(validation.ConfigError, match=r"no embeddings file .*test.npz"):
         validation.validate_config(config, 8)
     _write(str(tmp_path / "test.npz"), length=32, width=16)
-    with pytest.raises(validation.ConfigError, match=r"set model.text_width=16"):
+    with pytest.raises(validation.ConfigError, match=r"set model.text.width=16"):
         validation.validate_config(config, 8)
     config.data.text_embeddings = str(tmp_path / "emb.npz")
     with pytest.raises(validation.ConfigError, match=r"must be a path holding \{split\}"):

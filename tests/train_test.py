@@ -164,7 +164,7 @@ def test_the_step_all_reduces_the_gradients_as_one_flat_vector():
 
 def test_fsdp_sharded_parameters_train_like_replicated_ones():
     config = tiny.get_config()
-    config.model.dropout = 0.0
+    config.model.unet.dropout = 0.0
     results = []
     for fsdp in (1, 4):
         config.mesh.fsdp = fsdp
@@ -241,7 +241,7 @@ def test_train_step_compiles_once():
 
 def test_gradient_accumulation_matches_the_full_batch():
     config = tiny.get_config()
-    config.model.dropout = 0.0
+    config.model.unet.dropout = 0.0
     outs = []
     for accum in (1, 2):
         config.training.grad_accum_steps = accum
@@ -294,8 +294,8 @@ def test_checkpoint_of_another_model_shape_is_refused(tiny_config, tmp_path, mon
     train.train(config, "relative/workdir")  # A relative workdir, as in the README.
     monkeypatch.chdir("relative")
     config = tiny_config(num_steps=2, checkpoint_every=2)
-    config.model.ch = 64
-    config.model.num_head_channels = 64
+    config.model.unet.ch = 64
+    config.model.unet.num_head_channels = 64
     with pytest.raises(ValueError, match="does not fit this config.*params/"):
         train.train(config, "workdir")
     assert checkpointing.create_manager("workdir", read_only=True).latest_step() == 2
@@ -307,7 +307,7 @@ def test_a_noisy_classifier_trains_evaluates_and_guides_from_its_workdir(tiny_co
     config = digits_classifier.get_config()
     config.data.data_dir = tiny_config().data.data_dir
     config.diffusion.num_timesteps = 20
-    config.model.attention_resolutions = ()
+    config.model.unet.attention_resolutions = ()
     config.training.update(num_steps=2, checkpoint_every=2, log_every=1, batch_size=16)
     config.eval.update(batch_size=32, num_bpd_examples=32, sample_steps=0)
     workdir = str(tmp_path / "classifier")
@@ -332,7 +332,7 @@ def test_an_autoencoder_trains_and_reports_psnr_and_its_latent_scale(tiny_config
     config = digits_autoencoder.get_config()
     config.data.data_dir = tiny_config().data.data_dir
     config.data.image_size = 8  # f = 4 on the digits' own size: 2x2x4 latents, fast.
-    config.model.block_out_channels = (16, 16, 16)
+    config.model.autoencoder.block_out_channels = (16, 16, 16)
     config.training.update(num_steps=2, checkpoint_every=2, log_every=1, batch_size=16)
     config.eval.update(batch_size=32, num_bpd_examples=32)
     workdir = str(tmp_path / "autoencoder")
@@ -354,7 +354,7 @@ def test_a_continuous_vdm_trains_reports_its_bound_and_samples(tiny_config, tmp_
     config = digits_vdm.get_config()
     tiny = tiny_config()
     config.data.data_dir = tiny.data.data_dir
-    config.model.update(
+    config.model.unet.update(
         ch=32, channel_mult=(1, 1), num_res_blocks=1, dropout=0.0, attention_resolutions=(4,)
     )
     config.diffusion.update(gamma_schedule=schedule, schedule_hidden=16)

@@ -11,6 +11,7 @@ from configs import (
     cifar10,
     digits,
     digits_autoencoder_gan,
+    digits_classifier,
     digits_latent,
     digits_text,
     imagenet64,
@@ -28,19 +29,19 @@ INVALID = [
     ("data.image_size", 0),
     ("data.num_levels", 1),
     ("data.num_channels", 2),
-    ("model.attention_resolutions", (3,)),
-    ("model.attention_resolutions", (16,)),
-    ("model.channel_mult", ()),
-    ("model.ch", -4),
-    ("model.ch", 48),
-    ("model.num_heads", 0),
+    ("model.unet.attention_resolutions", (3,)),
+    ("model.unet.attention_resolutions", (16,)),
+    ("model.unet.channel_mult", ()),
+    ("model.unet.ch", -4),
+    ("model.unet.ch", 48),
+    ("model.unet.num_heads", 0),
     ("data.num_classes", -1),
     ("training.warmup_steps", -1),
     ("training.grad_clip", None),
     ("eval.ddim_eta", 2.0),
     ("model.dtype", "float8"),
-    ("model.dropout", 1.5),
-    ("model.num_head_channels", 12),
+    ("model.unet.dropout", 1.5),
+    ("model.unet.num_head_channels", 12),
     ("diffusion.schedule", "sigmoid"),
     ("diffusion.mean_type", "score"),
     ("diffusion.var_type", "fixed"),
@@ -62,7 +63,7 @@ INVALID = [
     ("mesh.fsdp", 3),
     ("mesh.data", 3),
     ("model.name", "transformer"),
-    ("model.channel_mult", (1, 0.7)),
+    ("model.unet.channel_mult", (1, 0.7)),
     ("data.dataset", None),
     ("data.text_length", 40),  # Captions that no model reads (model.text_cond=False).
 ]
@@ -71,10 +72,10 @@ INVALID = [
 INVALID_TEXT = [
     ("data.text_length", 10),  # Shorter than the longest digits caption.
     ("data.text_length", -1),
-    ("model.text_width", 0),
-    ("model.text_depth", -2),
-    ("model.text_heads", 3),  # Does not divide text_width.
-    ("model.text_positions", "rotary"),
+    ("model.text.width", 0),
+    ("model.text.depth", -2),
+    ("model.text.num_heads", 3),  # Does not divide text_width.
+    ("model.text.positions", "rotary"),
     ("model.class_cond", True),
     ("model.name", "noisy_classifier"),
     ("diffusion.kind", "continuous"),
@@ -83,9 +84,8 @@ INVALID_TEXT = [
 
 
 def _set(config, field, value):
-    section, name = field.split(".")
     with config.unlocked():
-        config[section][name] = value
+        config.update_from_flattened_dict({field: value})
 
 
 @pytest.mark.parametrize(
@@ -253,9 +253,9 @@ def test_latent_scale_with_per_channel_normalization_is_refused():
     ("field", "value", "message"),
     [
         (
-            "model.disc_layers",
+            "model.discriminator.num_layers",
             4,
-            r"model\.disc_layers=4 leaves the discriminator no patch .* >= 48",
+            r"model\.discriminator\.num_layers=4 leaves the discriminator no patch .* >= 48",
         ),
         ("training.disc_start", -1, r"training\.disc_start=-1 must be"),
         (
@@ -272,3 +272,18 @@ def test_bad_autoencoder_gan_and_lpips_fields_are_named(field, value, message):
     _set(config, field, value)
     with pytest.raises(ConfigError, match=message):
         validation.validate_config(config, device_count=8)
+
+
+def test_a_config_file_setting_an_old_flat_model_field_is_refused():
+    """`config.model.ch = 64` in a file written before the split would add a field nothing reads."""
+    config = digits.get_config()
+    config.model.ch = 64
+    config.model.text_width = 32
+    with pytest.raises(
+        ConfigError, match=r"model\.ch -> model\.unet\.ch, model\.text_width -> model\.text\.width"
+    ):
+        validation.validate_config(config, device_count=8)
+    classifier = digits_classifier.get_config()
+    classifier.model.num_heads = 2
+    with pytest.raises(ConfigError, match=r"model\.num_heads -> model\.classifier\.num_heads"):
+        validation.validate_config(classifier, device_count=8)

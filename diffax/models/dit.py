@@ -43,7 +43,7 @@ def check_patch_size(patch_size: int, height: int, width: int) -> None:
     """Raises ValueError unless patch_size is positive and divides the image size."""
     if patch_size < 1 or height % patch_size or width % patch_size:
         raise ValueError(
-            f"model.patch_size={patch_size} must divide the image size {height}x{width}."
+            f"model.dit.patch_size={patch_size} must divide the image size {height}x{width}."
         )
 
 
@@ -51,11 +51,12 @@ def check_hidden_size(hidden_size: int, num_heads: int) -> None:
     """Raises ValueError unless num_heads divides hidden_size and hidden_size is a multiple of 4."""
     if num_heads < 1 or hidden_size % num_heads:
         raise ValueError(
-            f"model.hidden_size={hidden_size} must be divisible by model.num_heads={num_heads}."
+            f"model.dit.hidden_size={hidden_size} must be divisible by "
+            f"model.dit.num_heads={num_heads}."
         )
     if hidden_size % 4:
         raise ValueError(
-            f"model.hidden_size={hidden_size} must be a multiple of 4 for the 2-D sine-cosine "
+            f"model.dit.hidden_size={hidden_size} must be a multiple of 4 for the 2-D sine-cosine "
             "position embedding."
         )
 

@@ -184,7 +184,7 @@ class ContextConditioned(nn.Module):
 
     denoiser: nn.Module
     length: int  # L, data.text_length.
-    width: int  # D, model.text_width: the stored embeddings' width.
+    width: int  # D, model.text.width: the stored embeddings' width.
 
     @property
     def num_classes(self) -> int:
@@ -209,7 +209,7 @@ class ContextConditioned(nn.Module):
         if context.shape[1:] != (self.length, self.width) or context_mask is None:
             raise ValueError(
                 f"context must be [B, {self.length}, {self.width}] (data.text_length, "
-                f"model.text_width) with a mask [B, {self.length}], got {context.shape}."
+                f"model.text.width) with a mask [B, {self.length}], got {context.shape}."
             )
         context_mask = context_mask.astype(bool)
         # Masked rows zeroed: an all-False row is then the null context whatever it stores.

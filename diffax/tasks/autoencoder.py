@@ -32,10 +32,9 @@ def is_gan(config: ml_collections.ConfigDict) -> bool:
 
 
 def create_discriminator(config: ml_collections.ConfigDict) -> autoencoder_model.PatchDiscriminator:
-    """Translates config.model.disc_* into the PatchGAN discriminator of an autoencoder GAN."""
-    m = config.model
+    """Returns the PatchGAN discriminator of config.model.discriminator (an autoencoder GAN)."""
     return autoencoder_model.PatchDiscriminator(
-        ndf=m.disc_ndf, num_layers=m.disc_layers, dtype=jnp.dtype(m.dtype)
+        dtype=jnp.dtype(config.model.dtype), **build.part(config, "discriminator")
     )
 
 
@@ -235,13 +234,14 @@ class Autoencoder(base.Task):
         )
         config_checks.number(training.kl_weight, "training.kl_weight", 0.0, float("inf"))
         if is_gan(config):
-            config_checks.positive_int(m.disc_ndf, "model.disc_ndf")
-            config_checks.positive_int(m.disc_layers, "model.disc_layers")
-            if data.image_size // 2**m.disc_layers - 2 < 1:
+            disc = m.discriminator
+            config_checks.positive_int(disc.ndf, "model.discriminator.ndf")
+            config_checks.positive_int(disc.num_layers, "model.discriminator.num_layers")
+            if data.image_size // 2**disc.num_layers - 2 < 1:
                 raise ConfigError(
-                    f"model.disc_layers={m.disc_layers} leaves the discriminator no patch of a "
-                    f"{data.image_size}-pixel image (it needs data.image_size >= "
-                    f"{3 * 2**m.disc_layers}); lower model.disc_layers."
+                    f"model.discriminator.num_layers={disc.num_layers} leaves the discriminator "
+                    f"no patch of a {data.image_size}-pixel image (it needs data.image_size >= "
+                    f"{3 * 2**disc.num_layers}); lower model.discriminator.num_layers."
                 )
         if m.class_cond:
             raise ConfigError(f"model.name={m.name!r} ignores labels: set model.class_cond=False.")
