@@ -75,10 +75,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return []
 
 
-def _prepare_workdir(workdir: str) -> None:
-    """Creates the workdir, or raises OSError in one sentence if it is a file or not writable."""
+def _check_workdir(workdir: str) -> None:
+    """Raises NotADirectoryError in one sentence if the workdir is a file; creates nothing."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise NotADirectoryError(f"--workdir={workdir} is a file, not a folder.")
+
+
+def _prepare_workdir(workdir: str) -> None:
+    """Creates the workdir, or raises OSError in one sentence if it is not writable."""
+    _check_workdir(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
         with tempfile.TemporaryFile(dir=workdir):
@@ -91,26 +96,37 @@ def _prepare_workdir(workdir: str) -> None:
 
 def main(argv):
     del argv
-    from diffax import compilation_cache, cpu_devices, distributed, preemption, validation
+    from diffax import cpu_devices, distributed, restore, validation
 
     config, workdir = FLAGS.config, FLAGS.workdir
     try:
+        # Every check that needs no workdir comes first: a rejected run creates nothing on disk.
         if FLAGS.num_samples is not None and FLAGS.num_samples < 1:
             raise ValueError(f"--num_samples={FLAGS.num_samples} must be a positive integer.")
-        _prepare_workdir(workdir)
+        _check_workdir(workdir)
         cpus = cpu_devices.configure(config, FLAGS.cpu_devices, processes=FLAGS.num_processes or 1)
         distributed.initialize(
             FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
         validation.validate_config(config)
-        if FLAGS.prompt is not None:
-            if FLAGS.mode != "sample":
-                raise ValueError(f"--prompt is for --mode=sample, not --mode={FLAGS.mode}.")
+        if FLAGS.prompt is not None and FLAGS.mode != "sample":
+            raise ValueError(f"--prompt is for --mode=sample, not --mode={FLAGS.mode}.")
+        if FLAGS.mode == "sample":
             from diffax import evaluate
 
-            evaluate.check_prompt(config, FLAGS.prompt)
+            evaluate.check_sample_mode(config, FLAGS.prompt)
+        if FLAGS.mode != "train":
+            restore.require_checkpoints(workdir, config)
+        _prepare_workdir(workdir)  # The first thing written.
     except INPUT_ERRORS as e:
         _fail(str(e), FLAGS.verbose)
+    _run(config, workdir, cpus)
+
+
+def _run(config, workdir: str, cpus: int) -> None:
+    """Logs to the workdir and runs the mode; Preempted and wrong input exit as documented."""
+    from diffax import compilation_cache, evaluate, preemption, train
+
     logging.get_absl_handler().use_absl_log_file("diffax", workdir)
     FLAGS.alsologtostderr = True  # The log file in the workdir, and the console too.
     if cpus:
@@ -119,8 +135,6 @@ def main(argv):
     logging.info(
         "Persistent compilation cache: %s.", cache or "off (--compilation_cache='' or unset)"
     )
-    from diffax import evaluate, train
-
     try:
         if FLAGS.mode == "train":
             train.train_and_evaluate(config, workdir)

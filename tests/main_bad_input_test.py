@@ -158,10 +158,17 @@ def test_prompt_outside_sample_mode_or_too_long_for_the_text_model(tmp_path):
 @pytest.mark.parametrize(
     ("args", "names"), [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES]
 )
-def test_bad_config_or_flag_gets_one_sentence(tmp_path, data_dir, args, names):
-    workdir = tmp_path / "run"
+def test_bad_config_or_flag_gets_one_sentence_and_creates_nothing(tmp_path, data_dir, args, names):
+    workdir = tmp_path / "nope" / "a" / "b"
     done = _run([f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *args])
     _assert_one_sentence(done, *names)
+    assert not (tmp_path / "nope").exists()  # Checked before the workdir is created.
+
+
+def test_config_without_a_data_set_creates_no_workdir(tmp_path):
+    done = _run([f"--workdir={tmp_path / 'nope' / 'a' / 'b'}"], config="configs/default.py")
+    _assert_one_sentence(done, "data.dataset")
+    assert not (tmp_path / "nope").exists()
 
 
 def test_batch_that_does_not_split_over_the_devices(tmp_path):
