@@ -118,17 +118,35 @@ def main(argv):
         if FLAGS.mode != "train":
             restore.require_checkpoints(workdir, config)
         _prepare_workdir(workdir)  # The first thing written.
+        lock = _lock_workdir(workdir)
     except INPUT_ERRORS as e:
         _fail(str(e), FLAGS.verbose)
-    _run(config, workdir, cpus)
+    try:
+        _run(config, workdir, cpus, lock)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _run(config, workdir: str, cpus: int) -> None:
+def _lock_workdir(workdir: str):
+    """Returns the workdir's lock, taken by process 0 (None on the others); see workdir_lock."""
+    import jax
+
+    from diffax import workdir_lock
+
+    if jax.process_index() != 0:
+        return None
+    return workdir_lock.acquire(workdir, FLAGS.mode)
+
+
+def _run(config, workdir: str, cpus: int, lock) -> None:
     """Logs to the workdir and runs the mode; Preempted and wrong input exit as documented."""
     from diffax import compilation_cache, evaluate, preemption, train
 
     logging.get_absl_handler().use_absl_log_file("diffax", workdir)
     FLAGS.alsologtostderr = True  # The log file in the workdir, and the console too.
+    if lock is not None and lock.taken_over():
+        logging.warning("%s", lock.taken_over())
     if cpus:
         logging.info("JAX CPU devices per process: %d (--cpu_devices).", cpus)
     cache = compilation_cache.configure(FLAGS.compilation_cache)

@@ -185,6 +185,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data
         proc.wait()
     resumed = _run(workdir, data_dir, *every_step, "--config.eval.num_bpd_examples=8")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _log_has(workdir, "diffax.lock, left by process")  # The killed run's lock: taken over.
     step, params = _final_params(workdir)
     assert step == ref_step == 8
     import jax
