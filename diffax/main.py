@@ -160,9 +160,18 @@ def _run(config, workdir: str, cpus: int, lock) -> None:
             evaluate.evaluate_checkpoint(config, workdir)
         else:
             evaluate.sample_checkpoint(config, workdir, FLAGS.num_samples, FLAGS.prompt)
-    except preemption.Preempted as e:
+    except preemption.Preempted as e:  # SIGTERM or Ctrl-C, saved or with nothing to save.
         logging.warning("%s", e)
-        sys.exit(preemption.PREEMPTED_EXIT_CODE)
+        sys.exit(e.exit_code)
+    except preemption.StoppedAtOnce:
+        logging.warning(
+            "Stopped at once by a second Ctrl-C: the steps since the newest checkpoint are not "
+            "saved; the checkpoints on disk are intact."
+        )
+        sys.exit(preemption.INTERRUPTED_EXIT_CODE)
+    except KeyboardInterrupt:  # Ctrl-C where no guard defers it (eval, sample, several hosts).
+        logging.warning("Interrupted (Ctrl-C); checkpoints unchanged.")
+        sys.exit(preemption.INTERRUPTED_EXIT_CODE)
     except INPUT_ERRORS as e:
         # One sentence on the console; the traceback goes to the log file in the workdir.
         FLAGS.alsologtostderr = False
