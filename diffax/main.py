@@ -44,7 +44,12 @@ flags.DEFINE_string(
     "Folder of JAX's persistent compilation cache, so a second run skips compiling (default "
     "$DIFFAX_COMPILATION_CACHE or ~/.cache/diffax/jax); '' turns it off.",
 )
-flags.DEFINE_bool("verbose", False, "Print tracebacks of errors on the console too.")
+flags.DEFINE_bool(
+    "verbose",
+    False,
+    "Print every log line (other libraries' INFO too) and the tracebacks of errors on the "
+    "console; without it they go to the workdir's log file only.",
+)
 FLAGS = flags.FLAGS
 
 # Errors that mean "wrong input": one sentence and exit 1, never a traceback on the console.
@@ -53,9 +58,12 @@ INPUT_ERRORS = (ValueError, OSError, FloatingPointError)
 
 def _fail(message: str, verbose: bool) -> None:
     """Prints one `diffax: error:` sentence (and the traceback with --verbose); exits 1."""
+    from diffax import console
+
     if verbose:
         traceback.print_exc()
     print(f"diffax: error: {' '.join(message.split())}", file=sys.stderr)
+    console.mute()
     sys.exit(1)
 
 
@@ -96,7 +104,9 @@ def _prepare_workdir(workdir: str) -> None:
 
 def main(argv):
     del argv
-    from diffax import cpu_devices, distributed, restore, validation
+    from diffax import console, cpu_devices, distributed, restore, validation
+
+    console.quiet(FLAGS.verbose)  # Libraries' INFO lines: the workdir's log file only.
 
     config, workdir = FLAGS.config, FLAGS.workdir
     try:
@@ -128,6 +138,15 @@ def main(argv):
             lock.release()
 
 
+def _stop(line: str, status: int) -> None:
+    """Logs the run's last console line (a warning) and exits with `status`."""
+    from diffax import console
+
+    logging.warning("%s", line)
+    console.mute()
+    sys.exit(status)
+
+
 def _lock_workdir(workdir: str):
     """Returns the workdir's lock, taken by process 0 (None on the others); see workdir_lock."""
     import jax
@@ -141,10 +160,9 @@ def _lock_workdir(workdir: str):
 
 def _run(config, workdir: str, cpus: int, lock) -> None:
     """Logs to the workdir and runs the mode; Preempted and wrong input exit as documented."""
-    from diffax import compilation_cache, evaluate, preemption, train
+    from diffax import compilation_cache, console, evaluate, preemption, train
 
-    logging.get_absl_handler().use_absl_log_file("diffax", workdir)
-    FLAGS.alsologtostderr = True  # The log file in the workdir, and the console too.
+    console.log_to(workdir, FLAGS.verbose)
     if lock is not None and lock.taken_over():
         logging.warning("%s", lock.taken_over())
     if cpus:
@@ -161,21 +179,19 @@ def _run(config, workdir: str, cpus: int, lock) -> None:
         else:
             evaluate.sample_checkpoint(config, workdir, FLAGS.num_samples, FLAGS.prompt)
     except preemption.Preempted as e:  # SIGTERM or Ctrl-C, saved or with nothing to save.
-        logging.warning("%s", e)
-        sys.exit(e.exit_code)
+        _stop(str(e), e.exit_code)
     except preemption.StoppedAtOnce:
-        logging.warning(
+        _stop(
             "Stopped at once by a second Ctrl-C: the steps since the newest checkpoint are not "
-            "saved; the checkpoints on disk are intact."
+            "saved; the checkpoints on disk are intact.",
+            preemption.INTERRUPTED_EXIT_CODE,
         )
-        sys.exit(preemption.INTERRUPTED_EXIT_CODE)
     except KeyboardInterrupt:  # Ctrl-C where no guard defers it (eval, sample, several hosts).
-        logging.warning("Interrupted (Ctrl-C); checkpoints unchanged.")
-        sys.exit(preemption.INTERRUPTED_EXIT_CODE)
+        _stop("Interrupted (Ctrl-C); checkpoints unchanged.", preemption.INTERRUPTED_EXIT_CODE)
     except INPUT_ERRORS as e:
         # One sentence on the console; the traceback goes to the log file in the workdir.
         FLAGS.alsologtostderr = False
-        logging.error("Stopped: %s\n%s", e, traceback.format_exc())
+        logging.error("Stopped: %s\n%s", e, traceback.format_exc(), extra=console.FILE_ONLY)
         _fail(str(e), FLAGS.verbose)
 
 

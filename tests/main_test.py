@@ -2,7 +2,9 @@
 
 import json
 import os
+import pathlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -79,18 +81,35 @@ def _log_has(workdir, text):
     return os.path.exists(path) and text in open(path, errors="replace").read()
 
 
+# An absl-formatted Python log line: level letter, date, time, thread, file:line].
+_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+ +\d+ (\w+\.py):\d+\]", re.MULTILINE)
+_DIFFAX_FILES = {path.name for path in pathlib.Path(ROOT, "diffax").rglob("*.py")}
+
+
+def _info_files(text: str) -> set[str]:
+    """Returns the source files of the Python INFO lines in a log text."""
+    return {name for level, name in _LOG_LINE.findall(text) if level == "I"}
+
+
 def test_train_then_eval_and_sample_modes(data_dir, tmp_path):
     workdir = str(tmp_path)
     done = _run(workdir, data_dir)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The console: diffax's own INFO lines only (progress, results); the log file: orbax's too.
+    assert "step 4:" in done.stderr and "Eval at step 4" in done.stderr
+    assert _info_files(done.stderr) <= _DIFFAX_FILES, _info_files(done.stderr) - _DIFFAX_FILES
+    assert {"checkpoint_manager.py", "async_checkpointer.py"} <= _info_files(
+        open(os.path.join(workdir, "diffax.INFO"), errors="replace").read()
+    )
     with open(os.path.join(workdir, "eval_00000004.json")) as f:
         results = json.load(f)
     assert np.isfinite(results["test/bpd"])
     assert os.path.exists(os.path.join(workdir, "eval_samples_00000004.png"))
     assert os.listdir(os.path.join(workdir, "tensorboard"))
-    sample = _run(workdir, data_dir, "--num_samples=3", mode="sample")
+    sample = _run(workdir, data_dir, "--num_samples=3", "--verbose", mode="sample")
     assert sample.returncode == 0, sample.stderr[-3000:]
     assert os.path.exists(os.path.join(workdir, "samples_00000004_n3.png"))
+    assert "checkpoint_manager.py" in _info_files(sample.stderr)  # --verbose: every line.
 
 
 def test_text_model_trains_evaluates_on_held_out_prompts_and_samples_from_a_prompt(
