@@ -250,7 +250,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
                 _check_skips(first_at_limit, training.max_consecutive_skips)
                 checkpointing.save(manager, done, state, config)
             if stop:
-                manager.wait_until_finished()
+                checkpointing.wait(manager)
                 logging.info("Stopping on a signal: saved the checkpoint at step %d.", done)
                 raise guard.stopped(done)  # diffax.main says it on the console, in one line.
             if generator is not None and done % training.sample_every == 0:
@@ -267,7 +267,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
                 last_time, last_step = time.time(), done  # Keep sampling out of the steps/s.
     if bar is not None:
         bar.close()
-    manager.wait_until_finished()
+    checkpointing.wait(manager)
     if start_step >= training.num_steps:
         logging.info("Training already finished at step %d.", start_step)
     return trainer, state, writer
