@@ -71,6 +71,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """Parses the command line; a bad flag or config file is one sentence (flag_errors)."""
     from diffax import flag_errors
 
+    if any(a in ("--help", "-h", "-?", "--helpshort", "--helpfull") for a in argv[1:]):
+        app.usage(shorthelp="--helpfull" not in argv, writeto_stdout=True, exitcode=0)
     try:
         remaining = FLAGS(argv)
         for name in ("config", "workdir"):
@@ -102,33 +104,38 @@ def _prepare_workdir(workdir: str) -> None:
         ) from None
 
 
+def _check_input(config, workdir: str) -> int:
+    """Runs every check that needs no workdir (so a rejected run creates nothing on disk);
+    raises INPUT_ERRORS in one sentence; returns the CPU devices asked of JAX (0: left alone)."""
+    from diffax import cpu_devices, distributed, evaluate, restore, validation
+
+    if FLAGS.num_samples is not None and FLAGS.num_samples < 1:
+        raise ValueError(f"--num_samples={FLAGS.num_samples} must be a positive integer.")
+    _check_workdir(workdir)
+    cpus = cpu_devices.configure(config, FLAGS.cpu_devices, processes=FLAGS.num_processes or 1)
+    distributed.initialize(
+        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
+    validation.validate_config(config)
+    if FLAGS.prompt is not None and FLAGS.mode != "sample":
+        raise ValueError(f"--prompt is for --mode=sample, not --mode={FLAGS.mode}.")
+    if FLAGS.mode == "sample":
+        evaluate.check_sample_mode(config, FLAGS.prompt)
+    if FLAGS.mode != "train":
+        restore.require_checkpoints(workdir, config)
+    return cpus
+
+
 def main(argv):
     del argv
-    from diffax import console, cpu_devices, distributed, restore, validation
+    from diffax import console
 
     console.quiet(FLAGS.verbose)  # Libraries' INFO lines: the workdir's log file only.
-
     config, workdir = FLAGS.config, FLAGS.workdir
     try:
-        # Every check that needs no workdir comes first: a rejected run creates nothing on disk.
-        if FLAGS.num_samples is not None and FLAGS.num_samples < 1:
-            raise ValueError(f"--num_samples={FLAGS.num_samples} must be a positive integer.")
-        _check_workdir(workdir)
-        cpus = cpu_devices.configure(config, FLAGS.cpu_devices, processes=FLAGS.num_processes or 1)
-        distributed.initialize(
-            FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-        )
-        validation.validate_config(config)
-        if FLAGS.prompt is not None and FLAGS.mode != "sample":
-            raise ValueError(f"--prompt is for --mode=sample, not --mode={FLAGS.mode}.")
-        if FLAGS.mode == "sample":
-            from diffax import evaluate
-
-            evaluate.check_sample_mode(config, FLAGS.prompt)
-        if FLAGS.mode != "train":
-            restore.require_checkpoints(workdir, config)
+        cpus = _check_input(config, workdir)
         _prepare_workdir(workdir)  # The first thing written.
-        lock = _lock_workdir(workdir)
+        lock = _lock_workdir(workdir)  # Before any log file or checkpoint manager.
     except INPUT_ERRORS as e:
         _fail(str(e), FLAGS.verbose)
     try:

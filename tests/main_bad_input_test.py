@@ -181,6 +181,11 @@ def test_sample_mode_on_a_classifier_config(tmp_path):
     _assert_one_sentence(done, "classifier", "--mode=sample")
 
 
+def test_help_prints_the_usage_and_exits_0():
+    done = _run(["--help"], config=None)
+    assert done.returncode == 0 and "--workdir" in done.stdout and "--verbose" in done.stdout
+
+
 def test_missing_config_or_workdir(tmp_path):
     _assert_one_sentence(_run([], config="configs/tiny.py"), "--workdir")
     _assert_one_sentence(_run([f"--workdir={tmp_path}"], config=None), "--config")
