@@ -20,8 +20,10 @@ block, or `with managed(workdir) as manager:`.
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -60,6 +62,14 @@ class NonFiniteStateError(FloatingPointError):
     """`save` refused a state holding NaN or infinity; nothing was written."""
 
 
+class DiskFullError(OSError):
+    """A save ran out of disk space; its partial folder was removed, complete checkpoints kept."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
 @dataclasses.dataclass
 class Ledger:
     """What this process learnt about the steps on disk; rotation and `save` consult it."""
@@ -67,6 +77,7 @@ class Ledger:
     good: set[int] = dataclasses.field(default_factory=set)  # Verified, or saved finite here.
     failed: dict[int, str] = dataclasses.field(default_factory=dict)  # Step -> why it failed.
     last_prints: dict[str, checksums.ArrayPrint] | None = None  # State last restored or saved.
+    saving: int | None = None  # The step of the last save begun (async: maybe still running).
 
 
 class VerifiedCheckpointManager(ocp.CheckpointManager):
@@ -197,6 +208,57 @@ def create_manager(
     )
 
 
+def _is_disk_full(error: BaseException) -> bool:
+    """Returns whether an error, or one it came from, is ENOSPC (tensorstore says it in text)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        text = str(error)
+        if "No space left on device" in text or "os_error_code='28'" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _complete_steps(directory: epath.Path) -> list[int]:
+    """Returns the steps with a committed checkpoint folder (orbax renames it from tmp last)."""
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _raise_if_disk_full(manager: ocp.CheckpointManager, error: BaseException) -> None:
+    """Raises DiskFullError (one sentence) if `error` is a full disk, after removing the partial
+    `*.orbax-checkpoint-tmp*` folders; returns for any other error.
+
+    Only unfinished saves have such folders, and the workdir's lock (diffax.workdir_lock) makes
+    them this run's own or a dead run's, which orbax would delete at the next start anyway.
+    """
+    if not _is_disk_full(error):
+        return
+    ledger, directory = _ledger(manager), epath.Path(manager.directory)
+    step = ledger.saving
+    ledger.good.discard(step)
+    for partial in directory.glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    kept = _complete_steps(directory) if directory.exists() else []
+    listed = f"step{'s' * (len(kept) > 1)} {', '.join(map(str, kept))}" if kept else "none"
+    raise DiskFullError(
+        f"The disk holding {directory} is full (No space left on device): the checkpoint of "
+        f"step {step} could not be written and its partial folder was removed; complete "
+        f"checkpoints kept: {listed}. Free space or move the workdir, then rerun to resume."
+    ) from None
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Waits for the save in flight; raises DiskFullError (one sentence) if the disk filled."""
+    try:
+        manager.wait_until_finished()
+    except Exception as error:
+        _raise_if_disk_full(manager, error)
+        raise
+
+
 def close(manager: ocp.CheckpointManager) -> bool:
     """Waits for an in-flight save, then closes the manager; returns False (logged) if it failed.
 
@@ -284,13 +346,19 @@ def save(
     )
     ledger.good.add(step)  # Before orbax's save, which runs the rotation policy.
     try:
+        # Orbax waits here for the previous save: its error (a full disk) surfaces here too.
         started = manager.save(
             step, args=args, force=force, custom_metadata={_MARKER: checksums.INTEGRITY_VERSION}
         )
-    except BaseException:
+    except BaseException as error:
         ledger.good.discard(step)
+        if isinstance(error, Exception):
+            if ledger.saving is None or ledger.saving in _complete_steps(manager.directory):
+                ledger.saving = step  # Not the previous save's error: this step's own.
+            _raise_if_disk_full(manager, error)
         raise
     if started:
+        ledger.saving = step
         ledger.last_prints = prints
     else:
         ledger.good.discard(step)

@@ -97,6 +97,17 @@ def check_prompt(config: ml_collections.ConfigDict, prompt: str | None) -> None:
     generate.check_prompt(prompt, text, stored, config.data.get("text_length", 0))
 
 
+def check_sample_mode(config: ml_collections.ConfigDict, prompt: str | None) -> None:
+    """Raises ValueError in one sentence if --mode=sample cannot run this config (and prompt)."""
+    check_prompt(config, prompt)
+    task = tasks.get(config)
+    if not task.draws_samples:
+        raise ValueError(
+            f"--mode=sample: model.name={config.model.name!r} is a {task.name}, which draws no "
+            "samples; sample from a diffusion model."
+        )
+
+
 def sample_checkpoint(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -105,13 +116,8 @@ def sample_checkpoint(
 ) -> str:
     """Restores the newest checkpoint and writes num_samples samples as a PNG grid and .npz;
     a text-conditioned model draws them all from prompt when one is given."""
-    check_prompt(config, prompt)
+    check_sample_mode(config, prompt)
     task = tasks.get(config)
-    if not task.draws_samples:
-        raise ValueError(
-            f"--mode=sample: model.name={config.model.name!r} is a {task.name}, which draws no "
-            "samples; sample from a diffusion model."
-        )
     mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
     classifier = restore.guidance_classifier(config, mesh)
     params, step = restore.restore_eval_params(config, workdir, mesh)

@@ -75,7 +75,7 @@ def _bad_value(message: str) -> str:
     return f"{flag}={value} is not valid: expected {accepted.strip()}."
 
 
-def describe(error: Exception, argv: list[str]) -> str:
+def describe(error: Exception, argv: list[str], program: str = "diffax.main") -> str:
     """Returns one sentence for an error raised while parsing argv, naming the flag or field."""
     if isinstance(error, SyntaxError):
         line = f" (line {error.lineno})" if error.lineno else ""
@@ -90,7 +90,7 @@ def describe(error: Exception, argv: list[str]) -> str:
         guess = re.search(r"Did you mean: ([\w, ]+?) ?\?", message)
         hint = f" (did you mean --{guess.group(1).split(',')[0].strip()}?)" if guess else ""
         flag = f"--{name.group(1)}" if name else "A flag"
-        return f"{flag} is not a flag of diffax.main{hint}; --helpshort lists them."
+        return f"{flag} is not a flag of {program}{hint}; --helpshort lists them."
     if "--config is required" in message or "Flag --config must have a value" in message:
         return f"--config is required: {_CONFIG_FILE_HELP}."
     if "--workdir is required" in message or "Flag --workdir must have a value" in message:

@@ -18,11 +18,7 @@ def restore_eval_params(
 ) -> tuple[Any, int]:
     """Returns (eval parameters, step) of the workdir's newest checkpoint; a clear error if none."""
     model = build.create_model(config)
-    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
-        raise FileNotFoundError(
-            f"No checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first with "
-            "--mode=train, or point --workdir at a trained run."
-        )
+    require_checkpoints(workdir)
     abstract, _ = tasks.abstract_state(config, model, tasks.create_optimizer(config), mesh)
     # Only the parameters eval uses are read (the EMA, or the raw ones), not the optimizer's
     # moments: with Adam and one EMA, a quarter of the state's bytes.
@@ -39,6 +35,26 @@ def restore_eval_params(
         )
     part, step = restored
     return tasks.eval_params(abstract.replace(**part), config), step
+
+
+def _no_classifier(workdir: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"eval.classifier_workdir={workdir!r} holds no checkpoint: train a noisy classifier "
+        "there first (e.g. --config=configs/digits_classifier.py)."
+    )
+
+
+def require_checkpoints(workdir: str, config: ml_collections.ConfigDict | None = None) -> None:
+    """Raises FileNotFoundError in one sentence if the guidance classifier's workdir (with a
+    config asking for one) or then `workdir` has no checkpoint folder; reads nothing else."""
+    if config is not None and config.eval.classifier_scale:
+        if not os.path.isdir(checkpointing.checkpoint_dir(config.eval.classifier_workdir)):
+            raise _no_classifier(config.eval.classifier_workdir)
+    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+        raise FileNotFoundError(
+            f"No checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first with "
+            "--mode=train, or point --workdir at a trained run."
+        )
 
 
 def workdir_config(workdir: str) -> dict | None:
@@ -63,10 +79,7 @@ def restore_classifier(
     workdir = config.eval.classifier_workdir
     saved = workdir_config(workdir)
     if saved is None:
-        raise FileNotFoundError(
-            f"eval.classifier_workdir={workdir!r} holds no checkpoint: train a noisy classifier "
-            "there first (e.g. --config=configs/digits_classifier.py)."
-        )
+        raise _no_classifier(workdir)
     classifier_config = ml_collections.ConfigDict(saved)
     if not tasks.is_classifier(classifier_config):
         raise ValueError(

@@ -108,8 +108,8 @@ def _progress(total: int, initial: int):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from the workdir's newest checkpoint), then evaluates; returns eval.
 
-    SIGTERM gives Preempted at any moment: saved at the next step while training, at once (the
-    checkpoints intact) while compiling or evaluating.
+    SIGTERM or Ctrl-C gives Preempted at any moment: saved at the next step while training, at
+    once (the checkpoints intact) while compiling or evaluating.
     """
     with preemption.PreemptionGuard() as guard:
         trainer, state, writer = train(config, workdir, guard=guard)
@@ -153,9 +153,9 @@ def train(
 
     The config is taken as checked: `diffax.main` runs `validation.validate_config` once, before
     anything is built or written. Returns (trainer, final state, TensorBoard writer or None);
-    raises Preempted on SIGTERM and FloatingPointError after training.max_consecutive_skips
-    non-finite updates in a row. Every exit waits for the checkpoint being written, so none is
-    left half-saved.
+    raises Preempted on SIGTERM or Ctrl-C and FloatingPointError after
+    training.max_consecutive_skips non-finite updates in a row. Every exit waits for the
+    checkpoint being written, so none is left half-saved.
     """
     if guard is None:
         with preemption.PreemptionGuard() as own_guard:
@@ -250,9 +250,9 @@ def _train_loop(config, workdir, trainer, manager, guard):
                 _check_skips(first_at_limit, training.max_consecutive_skips)
                 checkpointing.save(manager, done, state, config)
             if stop:
-                manager.wait_until_finished()
-                logging.warning("SIGTERM: saved the checkpoint at step %d; exiting.", done)
-                raise preemption.Preempted(done)
+                checkpointing.wait(manager)
+                logging.info("Stopping on a signal: saved the checkpoint at step %d.", done)
+                raise guard.stopped(done)  # diffax.main says it on the console, in one line.
             if generator is not None and done % training.sample_every == 0:
                 evaluate.save_sample_grid(
                     config,
@@ -267,7 +267,7 @@ def _train_loop(config, workdir, trainer, manager, guard):
                 last_time, last_step = time.time(), done  # Keep sampling out of the steps/s.
     if bar is not None:
         bar.close()
-    manager.wait_until_finished()
+    checkpointing.wait(manager)
     if start_step >= training.num_steps:
         logging.info("Training already finished at step %d.", start_step)
     return trainer, state, writer

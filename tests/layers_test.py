@@ -23,7 +23,7 @@ LAYERS = [
     (
         "data and state",
         "train_state sharding checkpointing checksums compilation_cache preemption distributed "
-        "cpu_devices "
+        "cpu_devices workdir_lock console "
         "flag_errors config_checks images summaries vae_weights text_embeddings datasets "
         "input_pipeline metrics",
     ),

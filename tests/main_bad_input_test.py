@@ -163,10 +163,17 @@ def test_prompt_outside_sample_mode_or_too_long_for_the_text_model(tmp_path):
 @pytest.mark.parametrize(
     ("args", "names"), [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES]
 )
-def test_bad_config_or_flag_gets_one_sentence(tmp_path, data_dir, args, names):
-    workdir = tmp_path / "run"
+def test_bad_config_or_flag_gets_one_sentence_and_creates_nothing(tmp_path, data_dir, args, names):
+    workdir = tmp_path / "nope" / "a" / "b"
     done = _run([f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *args])
     _assert_one_sentence(done, *names)
+    assert not (tmp_path / "nope").exists()  # Checked before the workdir is created.
+
+
+def test_config_without_a_data_set_creates_no_workdir(tmp_path):
+    done = _run([f"--workdir={tmp_path / 'nope' / 'a' / 'b'}"], config="configs/default.py")
+    _assert_one_sentence(done, "data.dataset")
+    assert not (tmp_path / "nope").exists()
 
 
 def test_batch_that_does_not_split_over_the_devices(tmp_path):
@@ -177,6 +184,11 @@ def test_batch_that_does_not_split_over_the_devices(tmp_path):
 def test_sample_mode_on_a_classifier_config(tmp_path):
     done = _run([f"--workdir={tmp_path}", "--mode=sample"], config="configs/digits_classifier.py")
     _assert_one_sentence(done, "classifier", "--mode=sample")
+
+
+def test_help_prints_the_usage_and_exits_0():
+    done = _run(["--help"], config=None)
+    assert done.returncode == 0 and "--workdir" in done.stdout and "--verbose" in done.stdout
 
 
 def test_missing_config_or_workdir(tmp_path):
@@ -294,3 +306,19 @@ def test_tfds_dataset_not_prepared(tmp_path):
         ]
     )
     _assert_one_sentence(done, "mnist", "not prepared", "tfds build")
+
+
+def test_full_disk_gets_one_sentence_and_leaves_no_partial_checkpoint(tmp_path, data_dir):
+    """A 2 MiB disk: the first checkpoint (~2.5 MiB) of configs/tiny.py cannot be written."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)])
+    if mounted.returncode != 0:
+        pytest.skip("mounting a 2 MiB tmpfs (a disk to fill) is not permitted here")
+    try:
+        done = _run([f"--workdir={mount}", f"--config.data.data_dir={data_dir}"])
+        _assert_one_sentence(done, f"The disk holding {mount}/checkpoints is full", "step 2")
+        assert os.listdir(mount / "checkpoints") == []  # The partial save removed.
+        assert "Stopped: The disk holding" in open(mount / "diffax.INFO", errors="replace").read()
+    finally:
+        subprocess.run(["umount", str(mount)])

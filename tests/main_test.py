@@ -2,7 +2,9 @@
 
 import json
 import os
+import pathlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -79,18 +81,35 @@ def _log_has(workdir, text):
     return os.path.exists(path) and text in open(path, errors="replace").read()
 
 
+# An absl-formatted Python log line: level letter, date, time, thread, file:line].
+_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+ +\d+ (\w+\.py):\d+\]", re.MULTILINE)
+_DIFFAX_FILES = {path.name for path in pathlib.Path(ROOT, "diffax").rglob("*.py")}
+
+
+def _info_files(text: str) -> set[str]:
+    """Returns the source files of the Python INFO lines in a log text."""
+    return {name for level, name in _LOG_LINE.findall(text) if level == "I"}
+
+
 def test_train_then_eval_and_sample_modes(data_dir, tmp_path):
     workdir = str(tmp_path)
     done = _run(workdir, data_dir)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The console: diffax's own INFO lines only (progress, results); the log file: orbax's too.
+    assert "step 4:" in done.stderr and "Eval at step 4" in done.stderr
+    assert _info_files(done.stderr) <= _DIFFAX_FILES, _info_files(done.stderr) - _DIFFAX_FILES
+    assert {"checkpoint_manager.py", "async_checkpointer.py"} <= _info_files(
+        open(os.path.join(workdir, "diffax.INFO"), errors="replace").read()
+    )
     with open(os.path.join(workdir, "eval_00000004.json")) as f:
         results = json.load(f)
     assert np.isfinite(results["test/bpd"])
     assert os.path.exists(os.path.join(workdir, "eval_samples_00000004.png"))
     assert os.listdir(os.path.join(workdir, "tensorboard"))
-    sample = _run(workdir, data_dir, "--num_samples=3", mode="sample")
+    sample = _run(workdir, data_dir, "--num_samples=3", "--verbose", mode="sample")
     assert sample.returncode == 0, sample.stderr[-3000:]
     assert os.path.exists(os.path.join(workdir, "samples_00000004_n3.png"))
+    assert "checkpoint_manager.py" in _info_files(sample.stderr)  # --verbose: every line.
 
 
 def test_text_model_trains_evaluates_on_held_out_prompts_and_samples_from_a_prompt(
@@ -146,8 +165,22 @@ def test_eval_without_checkpoint_and_bad_config_fail_in_one_sentence(data_dir, t
     assert "Traceback" not in bad.stderr
 
 
-def test_sigterm_saves_at_the_next_step_and_exits_with_the_preemption_status(data_dir, tmp_path):
-    workdir = str(tmp_path)
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [
+        (signal.SIGTERM, preemption.PREEMPTED_EXIT_CODE, "Preempted"),
+        (signal.SIGINT, preemption.INTERRUPTED_EXIT_CODE, "Interrupted (Ctrl-C)"),
+    ],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_a_signal_saves_at_the_next_step_and_exits_with_its_status(
+    data_dir, tmp_path, signum, status, said
+):
+    """SIGTERM exits 75 (retry), Ctrl-C 130; both save at the step boundary after the signal and
+    say so in one console line. After Ctrl-C, the resumed run ends on the parameters of a run
+    never interrupted (the same code path for both signals: checked once)."""
+    workdir = str(tmp_path / "stopped")
+    quick_eval = ("--config.eval.num_bpd_examples=8", "--config.eval.quality_metrics=False")
     proc = _start(
         workdir,
         data_dir,
@@ -159,11 +192,28 @@ def test_sigterm_saves_at_the_next_step_and_exits_with_the_preemption_status(dat
     while not _log_has(workdir, "step 3:") and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == preemption.PREEMPTED_EXIT_CODE
-    step, _ = _final_params(workdir)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == status, stderr[-3000:]
+    step, params = _final_params(workdir)
     assert step >= 3  # Saved at the step boundary after the signal, not at checkpoint_every.
     assert _log_has(workdir, f"saved the checkpoint at step {step}")
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr and [line for line in lines if said in line] == lines[-1:]
+    assert lines[-1].endswith(f"{said}: checkpoint saved at step {step}; rerun to resume.")
+    if signum != signal.SIGINT:
+        return
+    resumed = _run(workdir, data_dir, f"--config.training.num_steps={step + 2}", *quick_eval)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _log_has(workdir, f"Resumed from step {step}")
+    reference = str(tmp_path / "reference")
+    done = _run(reference, data_dir, f"--config.training.num_steps={step + 2}", *quick_eval)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (end, params), (ref_end, ref_params) = _final_params(workdir), _final_params(reference)
+    assert end == ref_end == step + 2
+    import jax
+
+    jax.tree.map(np.testing.assert_array_equal, ref_params, params)
 
 
 def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path):
@@ -185,6 +235,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data
         proc.wait()
     resumed = _run(workdir, data_dir, *every_step, "--config.eval.num_bpd_examples=8")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _log_has(workdir, "diffax.lock, left by process")  # The killed run's lock: taken over.
     step, params = _final_params(workdir)
     assert step == ref_step == 8
     import jax

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from diffax import build, cpu_devices, generate, models, sharding, tasks, train
+from diffax import build, cpu_devices, generate, models, sharding, tasks, tools, train
 from diffax.tools import flops
 
 # Dense (no structured sparsity) peak FLOP/s per device, by the device_kind substring JAX reports.
@@ -282,7 +282,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("ddim_steps", 50, "DDIM sampling steps (capped at num_timesteps).")
     flags.DEFINE_integer("num_samples", None, "Images per sampler run (default eval.batch_size).")
     flags.DEFINE_string("out", None, "Write the JSON record here as well as to stdout.")
-    flags.mark_flags_as_required(["config"])
 
 
 def main(argv) -> None:
@@ -310,4 +309,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    tools.run(main, required=["config"])

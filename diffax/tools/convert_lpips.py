@@ -7,8 +7,9 @@ state dict (its `features.N.weight/bias` are kept), --lin is lpips' `weights/v0.
 diffax.metrics.lpips.load_params before the tool reports success.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from diffax import tools
 from diffax.metrics import lpips
 
 
@@ -17,7 +18,6 @@ def define_flags() -> None:
     flags.DEFINE_string("vgg16", None, "torchvision vgg16 state dict (.pth).")
     flags.DEFINE_string("lin", None, "lpips v0.1 vgg.pth (the lin layers).")
     flags.DEFINE_string("out", None, "Output .safetensors or .npz path.")
-    flags.mark_flags_as_required(["vgg16", "lin", "out"])
 
 
 def convert(vgg16_path: str, lin_path: str, out: str) -> tuple[int, ...]:
@@ -38,10 +38,11 @@ def main(argv) -> None:
     """Writes --out from --vgg16 and --lin."""
     del argv
     values = flags.FLAGS
+    tools.require_files(values.vgg16, values.lin)
     widths = convert(values.vgg16, values.lin, values.out)
     logging.info("Wrote %s (LPIPS-VGG16, widths %s).", values.out, widths)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    tools.run(main, required=["vgg16", "lin", "out"])

@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffax import build, input_pipeline, restore, sharding, text_embeddings
+from diffax import build, input_pipeline, restore, sharding, text_embeddings, tools
 from diffax.datasets import captions
 from diffax.models import text_encoder
 
@@ -96,4 +96,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    tools.run(main, required=["config", "out"])

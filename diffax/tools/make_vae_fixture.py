@@ -26,7 +26,9 @@ import shutil
 import tempfile
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from diffax import tools
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "tests/data/vae_tiny", "Where the fixture goes.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds the weights and the input batch.")
@@ -132,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    tools.run(main)

@@ -14,10 +14,10 @@ import os
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from diffax import build, generate, restore, sharding, tasks
+from diffax import build, generate, restore, sharding, tasks, tools
 from diffax.metrics import quality
 
 
@@ -135,5 +135,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    tools.run(main, required=["config", "workdir"])

@@ -11,9 +11,10 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from diffax import images as images_lib
+from diffax import tools
 from diffax.datasets import digits as digits_lib
 from diffax.datasets import image_folder
 from diffax.metrics import quality, reference
@@ -104,5 +105,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    flags.mark_flag_as_required("images")
-    app.run(main)
+    tools.run(main, required=["images"])
