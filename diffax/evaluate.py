@@ -140,8 +140,12 @@ def sample_checkpoint(
         if chain is not None:
             decoded = latent.decode(chain.reshape(-1, *chain.shape[2:]), generator.batch_size)
             chain = decoded.reshape(*chain.shape[:2], *decoded.shape[1:])
-    name = f"samples_{step:08d}_n{num_samples}"
-    path = sample_files.save_samples(config, workdir, name, samples, generator.labels(num_samples))
+    sample_files.check_finite(config, samples, "--mode=sample")
+    name = sample_files.sample_name(config, "samples", step, num_samples, prompt)
+    name = sample_files.unused_name(workdir, name)
+    path = sample_files.save_samples(
+        config, workdir, name, samples, generator.labels(num_samples), prompt=prompt
+    )
     logging.info("Wrote %d samples to %s", num_samples, path)
     if chain is not None and jax.process_index() == 0:
         shown = chain[:, : config.eval.chain_samples]

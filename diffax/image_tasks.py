@@ -143,7 +143,9 @@ def sample_super_resolution(
     rows = []
     for i in range(0, len(low) - len(low) % columns, columns):
         rows += [inputs[i : i + columns], samples[i : i + columns]]
-    name = f"super_resolution_{step:08d}_n{len(low)}"
+    sample_files.check_finite(config, samples, "Super-resolution")
+    name = sample_files.sample_name(config, "super_resolution", step, len(low))
+    name = sample_files.unused_name(workdir, name)
     path = sample_files.save_samples(config, workdir, name, np.concatenate(rows), columns=columns)
     if jax.process_index() == 0:
         np.savez(f"{workdir}/{name}_io.npz", low_res=low, samples=samples, labels=labels)
@@ -242,7 +244,10 @@ def sample_inpainting(
     """--mode=sample with inpainting: fills in eval_mask of num_samples eval-split images; writes
     the grid (masked inputs, samples, originals), the .npz, and logs the masked PSNR."""
     samples, labels, figures = inpaint(config, generator, params, step + 1, num_samples)
-    name = f"inpainting_{step:08d}_n{len(samples)}"
+    sample_files.check_finite(config, samples, "Inpainting")
+    name = sample_files.unused_name(
+        workdir, sample_files.sample_name(config, "inpainting", step, len(samples))
+    )
     path = sample_files.save_samples(
         config, workdir, name, figures.pop("grid"), columns=figures.pop("grid_columns")
     )

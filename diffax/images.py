@@ -60,8 +60,10 @@ def save_samples(
     num_levels: int,
     labels: np.ndarray | None = None,
     columns: int = 10,
+    **arrays: np.ndarray,
 ) -> str:
-    """Writes `name`.png (a grid of at most ten rows) and `name`.npz (every sample); returns png."""
+    """Writes `name`.png (a grid of at most ten rows) and `name`.npz (every sample, and any
+    further named arrays); returns png."""
     path = os.path.join(directory, name + ".png")
     scale = max(1, 64 // images.shape[1])
     shown = images[: columns * 10]
@@ -71,6 +73,7 @@ def save_samples(
         levels=to_levels(images, num_levels).astype(np.uint8),
         labels=np.asarray([] if labels is None else labels),
         num_levels=num_levels,
+        **arrays,
     )
     return path
 

@@ -45,6 +45,13 @@ flags.DEFINE_string(
     "$DIFFAX_COMPILATION_CACHE or ~/.cache/diffax/jax); '' turns it off.",
 )
 flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "eval and sample modes: run although the config differs from the one saved with the "
+    "checkpoint on fields that change what its parameters mean (the process, the model, the "
+    "data's shape, the conditioning).",
+)
+flags.DEFINE_bool(
     "verbose",
     False,
     "Print every log line (other libraries' INFO too) and the tracebacks of errors on the "
@@ -123,6 +130,7 @@ def _check_input(config, workdir: str) -> int:
         evaluate.check_sample_mode(config, FLAGS.prompt)
     if FLAGS.mode != "train":
         restore.require_checkpoints(workdir, config)
+        restore.check_saved_config(config, workdir, FLAGS.allow_config_change)
     return cpus
 
 

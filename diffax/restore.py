@@ -4,6 +4,7 @@ Used by `--mode=eval` and `--mode=sample`, by the guidance classifier and the la
 (restored from workdirs of their own) and by the tools.
 """
 
+import json
 import os
 from typing import Any
 
@@ -54,6 +55,83 @@ def require_checkpoints(workdir: str, config: ml_collections.ConfigDict | None =
         raise FileNotFoundError(
             f"No checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first with "
             "--mode=train, or point --workdir at a trained run."
+        )
+
+
+# Config fields that change what a checkpoint's parameters mean: the process they were trained
+# for, the network that reads them, the data they model and what conditions it. Eval-only fields
+# (sampler, steps, guidance, counts), training-only ones (loss, optimizer) and paths (a moved
+# autoencoder workdir is the same autoencoder) are not here.
+MEANING_FIELDS = (
+    "model",
+    "diffusion.kind",
+    "diffusion.schedule",
+    "diffusion.num_timesteps",
+    "diffusion.mean_type",
+    "diffusion.var_type",
+    "diffusion.gamma_schedule",
+    "diffusion.gamma_min",
+    "diffusion.gamma_max",
+    "diffusion.schedule_hidden",
+    "data.image_size",
+    "data.num_channels",
+    "data.num_levels",
+    "data.num_classes",
+    "data.text_length",
+    "super_resolution.low_res_size",
+    "super_resolution.upsample_method",
+    "inpainting.mask_cond",
+    "latent.autoencoder",
+    "latent.scale",
+    "latent.normalization",
+)
+# Fields of config.model that change only how the parameters are computed with, not what they are.
+_HOW_FIELDS = ("model.dtype", "model.remat")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Returns {"a.b": value} of a nested dict (lists as tuples)."""
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tuple(tree) if isinstance(tree, list) else tree}
+
+
+def changed_meaning_fields(config: ml_collections.ConfigDict, saved: dict) -> list[str]:
+    """Returns "field=given (saved: value)" for each MEANING_FIELDS value the config changes (a
+    field the saved config lacks, written by an older diffax, is not compared)."""
+    given = _flat(json.loads(config.to_json_best_effort()))
+    before = _flat(saved)
+    changed = []
+    for name in sorted(given):
+        covered = any(name == f or name.startswith(f + ".") for f in MEANING_FIELDS)
+        if not covered or name in _HOW_FIELDS or name not in before:
+            continue
+        if given[name] != before[name]:
+            changed.append(f"{name}={given[name]!r} (saved: {before[name]!r})")
+    return changed
+
+
+def check_saved_config(
+    config: ml_collections.ConfigDict, workdir: str, allow_change: bool = False
+) -> None:
+    """Raises ValueError in one sentence if the config differs from the one saved with the
+    workdir's newest checkpoint on a field that changes what its parameters mean, unless
+    allow_change (--allow_config_change) says the difference is intended."""
+    saved = workdir_config(workdir)
+    if saved is None or allow_change:
+        return
+    changed = changed_meaning_fields(config, saved)
+    if changed:
+        shown = "; ".join(changed[:6]) + (
+            f"; and {len(changed) - 6} more" if len(changed) > 6 else ""
+        )
+        raise ValueError(
+            f"The config differs from the one saved with the checkpoint in {workdir} on fields "
+            f"that change what its parameters mean: {shown}; give the config it was trained "
+            "with, or --allow_config_change if the difference is intended."
         )
 
 

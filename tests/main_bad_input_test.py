@@ -231,11 +231,34 @@ def test_read_only_workdir_loses_nothing(tmp_path, trained):
 def test_checkpoint_of_another_model_width_is_refused_and_kept(trained, data_dir):
     before = _snapshot(trained)
     other = ["--config.model.unet.ch=64", "--config.model.unet.num_head_channels=64"]
-    for mode in ("train", "eval", "sample"):
-        done = _run([f"--workdir={trained}", f"--config.data.data_dir={data_dir}", *other])
-        _assert_one_sentence(done, "does not fit this config", "params/")
-        del mode
+    for mode, names in (
+        ("train", ["does not fit this config", "params/"]),  # Resuming compares the shapes.
+        ("eval", ["model.unet.ch=64 (saved: 32)", "--allow_config_change"]),  # The config.
+    ):
+        done = _run(
+            [f"--workdir={trained}", f"--config.data.data_dir={data_dir}", *other, f"--mode={mode}"]
+        )
+        _assert_one_sentence(done, *names)
     assert _snapshot(trained) == before
+
+
+def test_sample_refuses_a_process_other_than_the_checkpoints_unless_allowed(trained, data_dir):
+    """Same shapes, other meaning: x0 prediction on a linear schedule for an eps, cosine model."""
+    before = _snapshot(trained)
+    other = ["--config.diffusion.mean_type=x0", "--config.diffusion.schedule=linear"]
+    args = [f"--workdir={trained}", f"--config.data.data_dir={data_dir}", "--mode=sample"]
+    done = _run([*args, *other, "--num_samples=2"])
+    _assert_one_sentence(
+        done, "diffusion.mean_type='x0' (saved: 'eps')", "diffusion.schedule='linear'"
+    )
+    assert _snapshot(trained) == before
+    # Eval-only fields differ freely; --allow_config_change runs the changed process on purpose.
+    done = _run(
+        [*args, "--config.eval.sampler=ddim", "--config.eval.sample_steps=3", "--num_samples=2"]
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run([*args, *other, "--allow_config_change", "--num_samples=2"])
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_num_samples_zero_on_a_trained_run_writes_nothing(trained):

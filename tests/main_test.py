@@ -1,5 +1,6 @@
 """End-to-end tests of `python -m diffax.main` in real subprocesses: runs, faults and exit codes."""
 
+import glob
 import json
 import os
 import pathlib
@@ -108,7 +109,8 @@ def test_train_then_eval_and_sample_modes(data_dir, tmp_path):
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     sample = _run(workdir, data_dir, "--num_samples=3", "--verbose", mode="sample")
     assert sample.returncode == 0, sample.stderr[-3000:]
-    assert os.path.exists(os.path.join(workdir, "samples_00000004_n3.png"))
+    # What made them: DDPM respaced to tiny's 10 steps, digits' guidance 1, 3 samples.
+    assert os.path.exists(os.path.join(workdir, "samples_00000004_ddpm10_g1_n3.png"))
     assert "checkpoint_manager.py" in _info_files(sample.stderr)  # --verbose: every line.
 
 
@@ -151,7 +153,7 @@ def test_text_model_trains_evaluates_on_held_out_prompts_and_samples_from_a_prom
         timeout=900,
     )
     assert sample.returncode == 0, sample.stderr[-3000:]
-    assert os.path.exists(os.path.join(workdir, "samples_00000004_n2.png"))
+    assert len(glob.glob(os.path.join(workdir, "samples_00000004_ddpm10_g1_p*_n2.png"))) == 1
 
 
 def test_eval_without_checkpoint_and_bad_config_fail_in_one_sentence(data_dir, tmp_path):
@@ -348,7 +350,9 @@ def test_text_conditioned_latent_model_trains_and_decodes_a_prompt(data_dir, tmp
         timeout=900,
     )
     assert sample.returncode == 0, sample.stderr[-3000:]
-    levels = np.load(os.path.join(workdir, "samples_00000002_n16.npz"))["levels"]
+    (path,) = glob.glob(os.path.join(workdir, "samples_00000002_*_p*_n16.npz"))
+    assert str(np.load(path)["prompt"]) == "a handwritten three"
+    levels = np.load(path)["levels"]
     assert levels.shape == (16, 16, 16, 1)  # Decoded to the autoencoder's images.
 
 

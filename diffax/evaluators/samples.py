@@ -4,8 +4,6 @@ the class or prompt accuracy; for an image-conditioned model its outputs on the 
 import functools
 from typing import Any
 
-import numpy as np
-
 from diffax import (
     build,
     generate,
@@ -44,10 +42,7 @@ def evaluate(context: common.Context) -> dict[str, Any]:
         if latent is not None:
             samples = latent.decode(samples, generator.batch_size)
         labels = generator.labels(len(samples))
-    if not np.all(np.isfinite(samples)):
-        raise FloatingPointError(
-            f"Sampling at step {step} gave non-finite images; the parameters are not usable."
-        )
+    sample_files.check_finite(config, samples, f"Sampling at step {step}")
     if image_task:
         kind = "super_resolution" if build.is_super_resolution(config) else "inpainting"
         results["samples_png"] = sample_files.save_samples(
