@@ -579,3 +579,18 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
         raise
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def check_num_samples(config: ml_collections.ConfigDict, num_samples: int | None) -> None:
+    """Raises ConfigError in one sentence if --mode=sample's num_samples (None:
+    eval.num_samples) samples would not fit in the host's available memory at once."""
+    field = "--num_samples" if num_samples else "eval.num_samples"
+    num_samples = num_samples or config.eval.num_samples
+    # The samples the model draws; latents are counted as themselves, not decoded.
+    per_sample = generate.host_bytes_per_sample(
+        build.image_shape(config), config.data.get("text_length", 0)
+    )
+    try:
+        generate.check_num_samples(num_samples, per_sample, field)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -157,6 +157,11 @@ CONFIG_CASES = [
         ["--config.data.dataset=image_folder", "--config.data.folder=/nonexistent/faces"],
         ["data.eval_split='test'", "'train'"],
     ),
+    (
+        "num-samples-memory",
+        ["--mode=sample", "--num_samples=1000000000"],
+        ["--num_samples=1000000000", "use at most --num_samples="],
+    ),
 ]
 
 
@@ -166,6 +171,11 @@ def test_prompt_outside_sample_mode_or_too_long_for_the_text_model(tmp_path):
     _assert_one_sentence(done, "--prompt", "--mode=sample")
     done = _run([f"--workdir={tmp_path}", "--mode=sample", "--prompt=" + "x" * 40], config=text)
     _assert_one_sentence(done, "data.text_length=32")
+    # Bytes that are not UTF-8 (Python reads them from argv as surrogates), shown escaped.
+    done = _run(
+        [f"--workdir={tmp_path}", "--mode=sample", "--prompt=\udcff\udcfe three"], config=text
+    )
+    _assert_one_sentence(done, "--prompt='\\xff\\xfe three' is not valid UTF-8")
 
 
 @pytest.mark.parametrize(

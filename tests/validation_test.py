@@ -433,3 +433,27 @@ def test_a_repaint_jump_that_never_happens_is_refused():
     validation.validate_config(_repaint_tiny(1000, resamplings=1), device_count=8)  # No jumps.
     with pytest.raises(ConfigError, match=r"inpainting\.repaint_resamplings=0 must be a positive"):
         validation.validate_config(_repaint_tiny(5, resamplings=0), device_count=8)
+
+
+def test_samples_that_do_not_fit_in_host_memory_are_refused_naming_the_largest_that_fits(
+    monkeypatch,
+):
+    config = tiny.get_config()  # 8x8x1 samples.
+    per_sample = generate.host_bytes_per_sample((8, 8, 1))
+    assert per_sample >= 8 * 8 * 1 * 4
+    monkeypatch.setattr(generate, "available_host_bytes", lambda: 1000 * per_sample + 5)
+    validation.check_num_samples(config, 1000)
+    with pytest.raises(ConfigError) as error:
+        validation.check_num_samples(config, 1001)
+    assert str(error.value).startswith("--num_samples=1001 would hold"), error.value
+    assert str(error.value).endswith("use at most --num_samples=1000."), error.value
+    config.eval.num_samples = 10**9  # No flag: the field it came from is named.
+    with pytest.raises(ConfigError, match=r"^eval\.num_samples=1000000000 .* at most "):
+        validation.check_num_samples(config, None)
+    monkeypatch.setattr(generate, "available_host_bytes", lambda: None)  # Unknown: no check.
+    validation.check_num_samples(config, 10**9)
+
+
+def test_the_available_host_memory_is_read():
+    available = generate.available_host_bytes()
+    assert available is None or 0 < available < 2**50
