@@ -463,15 +463,6 @@ def _validate_inpainting(config: ml_collections.ConfigDict) -> None:
         )
     if not (ip.mask_cond or ip.repaint):
         return
-    steps = config.eval.sample_steps or config.diffusion.num_timesteps  # RePaint's chain.
-    longest = inpainting.max_jump_length(steps)
-    if ip.repaint and ip.repaint_resamplings > 1 and ip.repaint_jump > longest:
-        raise ConfigError(
-            f"inpainting.repaint_jump={ip.repaint_jump} must be at most {longest} for "
-            f"{steps} sampling steps (eval.sample_steps, or diffusion.num_timesteps when 0): "
-            "RePaint jumps back from every j-th step and a longer jump never happens "
-            "(inpainting.repaint_resamplings=1 samples without jumps)."
-        )
     field = "inpainting.mask_cond" if ip.mask_cond else "inpainting.repaint"
     if config.model.name not in ("unet", "dit") or config.diffusion.kind != "discrete":
         raise ConfigError(
@@ -491,6 +482,15 @@ def _validate_inpainting(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "eval.ode_bpd=True is not available for a mask-conditioned model "
             "(inpainting.mask_cond=True): its ODE would need the mask input."
+        )
+    steps = config.eval.sample_steps or config.diffusion.num_timesteps  # RePaint's chain.
+    longest = inpainting.max_jump_length(steps)
+    if ip.repaint and ip.repaint_resamplings > 1 and ip.repaint_jump > longest:
+        raise ConfigError(
+            f"inpainting.repaint_jump={ip.repaint_jump} must be at most {longest} for "
+            f"{steps} sampling steps (eval.sample_steps, or diffusion.num_timesteps when 0): "
+            "RePaint jumps back from every j-th step and a longer jump never happens "
+            "(inpainting.repaint_resamplings=1 samples without jumps)."
         )
 
 
