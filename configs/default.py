@@ -18,7 +18,7 @@ def _unset(kind=str):
 def get_config() -> ml_collections.ConfigDict:
     """Returns the default config (not runnable alone: data.dataset is unset)."""
     config = ml_collections.ConfigDict()
-    config.seed = 0  # Seeds parameter init, the data order and the training RNG.
+    config.seed = 0  # Seeds parameter init, the data order and the training RNG; in [0, 2**32).
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = (
@@ -26,15 +26,19 @@ def get_config() -> ml_collections.ConfigDict:
     )  # A TFDS name (cifar10, imagenet_resized/64x64), "digits", "image_folder".
     data.data_dir = _unset()  # TFDS data_dir; unset uses ~/tensorflow_datasets.
     data.folder = _unset()  # image_folder: one subfolder per class, or flat.
-    data.image_size = 64  # Images are square; a dataset of another size is resized.
+    # Images are square; a dataset of another size is resized (the digits: to a multiple of 8,
+    # which their score reads).
+    data.image_size = 64
     data.resize_images = True  # image_folder: crop and resize other sizes (False: refuse).
-    data.num_channels = 3  # 1 for grayscale, 3 for RGB.
-    data.num_levels = 256  # Intensity levels: 256 for 8-bit images.
+    data.num_channels = 3  # 1 for grayscale (the digits), 3 for RGB.
+    data.num_levels = 256  # Intensity levels: 256 for 8-bit images, 17 for the digits.
     data.num_classes = 0  # Classes of the labels; 0 for an unlabelled dataset.
-    data.train_split = "train"  # TFDS split to train on.
-    data.eval_split = "test"  # TFDS split to report bits/dim on.
+    data.train_split = "train"  # TFDS split (spec: "train[:90%]") to train on.
+    # TFDS split to report bits/dim on; an image folder has only "train" (every file): set "train"
+    # or a slice of it there.
+    data.eval_split = "test"
     data.random_flip = False  # Random horizontal flips.
-    data.shuffle_buffer = 10_000  # tf.data shuffle buffer, in examples.
+    data.shuffle_buffer = 10_000  # tf.data shuffle buffer, in examples (positive).
     # A process's training examples stay decoded in memory after the first epoch when they fit
     # in this many MiB (the digits, CIFAR-10; not ImageNet); 0 decodes them every epoch.
     data.cache_mib = 1024
@@ -157,18 +161,20 @@ def get_config() -> ml_collections.ConfigDict:
     inpainting.train_masks = ("box", "half", "pixels")  # Kinds of diffax.inpainting.MASK_KINDS.
     inpainting.eval_mask = "bottom_half"  # The unknown part at eval and sampling (FIXED_MASKS).
     inpainting.repaint = False  # --mode=sample: inpaint eval_mask by RePaint with this model.
-    inpainting.repaint_jump = 10  # RePaint's jump length j (sec. 4.2; the paper's 10).
+    # RePaint's jump length j (sec. 4.2; the paper's 10); at most half the sampling steps, else
+    # no jump would happen.
+    inpainting.repaint_jump = 10
     inpainting.repaint_resamplings = 10  # RePaint's resamplings r (the paper's 10); 1: none.
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # Global batch, split over every device of every process.
     training.num_steps = 500_000  # Optimizer steps in total.
-    training.learning_rate = 1e-4  # Peak AdamW learning rate.
-    training.warmup_steps = 0  # Linear warmup steps to the peak rate.
-    training.weight_decay = 0.0  # AdamW decoupled weight decay.
-    training.adam_b1 = 0.9  # Adam first-moment decay.
-    training.adam_b2 = 0.999  # Adam second-moment decay.
-    training.grad_clip = 0.0  # Global gradient norm clip; 0 disables.
+    training.learning_rate = 1e-4  # Peak AdamW learning rate (finite, > 0).
+    training.warmup_steps = 0  # Linear warmup steps to the peak rate; at most num_steps.
+    training.weight_decay = 0.0  # AdamW decoupled weight decay (>= 0).
+    training.adam_b1 = 0.9  # Adam first-moment decay, in [0, 1).
+    training.adam_b2 = 0.999  # Adam second-moment decay, in [0, 1).
+    training.grad_clip = 0.0  # Global gradient norm clip (>= 0); 0 disables.
     training.ema_rates = (0.9999,)  # EMA decay rates; eval uses the first.
     training.ema_warmup = False  # Decay min(rate, (1 + n) / (10 + n)) at update n (short runs).
     # Chance a label becomes the null class, or a caption the empty one (guidance).
@@ -216,7 +222,7 @@ def get_config() -> ml_collections.ConfigDict:
     # "ode_bpd" with ode_bpd, "conditional_bpd" with conditional_bpd, "samples"; a classifier:
     # "classifier_accuracy"; an autoencoder: "reconstruction").
     ev.evaluators = ()
-    ev.num_bpd_examples = -1  # Test examples for bits/dim; -1 takes the whole split.
+    ev.num_bpd_examples = -1  # Test examples for bits/dim (positive); -1 takes the whole split.
     ev.conditional_bpd = False  # Also report p(x|y) bits/dim of a class-conditional model.
     ev.bpd_t_samples = 1  # Continuous: low-discrepancy times per example for the bound.
     ev.ode_bpd = False  # Also report the probability-flow ODE bits/dim (diffax.ode_likelihood).
@@ -246,5 +252,5 @@ def get_config() -> ml_collections.ConfigDict:
     ev.classifier_path = _unset()  # Digits classifier; unset: trained into the workdir.
     ev.inception_weights = _unset()  # FID Inception .npz; unset skips FID/IS/PR.
     ev.reference_stats = _unset()  # FID reference .npz; unset: eval_split, cached.
-    ev.num_reference_examples = -1  # Eval-split examples for FID statistics; -1 takes all.
+    ev.num_reference_examples = -1  # Eval-split examples for FID statistics (positive); -1: all.
     return config

@@ -4,6 +4,8 @@ Shared by `diffax.validation` (the whole config, before anything is built) and e
 `check` (`diffax.tasks`), so the wording is the same everywhere.
 """
 
+import math
+
 
 class ConfigError(ValueError):
     """A config field holds a value diffax cannot use; the message names field and choices."""
@@ -24,13 +26,42 @@ def positive_int(value, field: str, allow_zero: bool = False) -> None:
         raise ConfigError(f"{field}={value!r} must be {kind} integer.")
 
 
-def number(value, field: str, low: float, high: float, high_open: bool = False) -> None:
-    """Checks a real number in [low, high] (or [low, high)); bools, None and NaN are refused."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    ok = ok and low <= value and (value < high if high_open else value <= high)
+def count_or_all(value, field: str, whole: str) -> None:
+    """Checks a positive integer, or -1 for all of `whole` (0 is refused: it reads as "none")."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or value == -1)
     if not ok:
-        bracket = ")" if high_open else "]"
-        raise ConfigError(f"{field}={value!r} must be a number in [{low}, {high}{bracket}.")
+        raise ConfigError(f"{field}={value!r} must be a positive integer, or -1 for {whole}.")
+
+
+def number(
+    value,
+    field: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    high_open: bool = False,
+    low_open: bool = False,
+) -> None:
+    """Checks a finite real number in [low, high] (an end open with low_open / high_open); bools,
+    None, NaN and infinities are refused (an infinite rate or scale is never what was meant)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, int) or math.isfinite(value))
+    ok = ok and (low < value if low_open else low <= value)
+    ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        raise ConfigError(
+            f"{field}={value!r} must be a finite number{_interval(low, high, low_open, high_open)}."
+        )
+
+
+def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    """Returns " in [0, 1)", " > 0", " >= -1" or "" for the accepted range of number()."""
+    if math.isinf(high) and math.isinf(low):
+        return ""
+    if math.isinf(high):
+        return f" {'>' if low_open else '>='} {low:g}"
+    if math.isinf(low):
+        return f" {'<' if high_open else '<='} {high:g}"
+    return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 def int_tuple(value, field: str, allow_empty: bool) -> tuple:

@@ -10,6 +10,8 @@ against the null context (zero embeddings, every key masked).
 """
 
 import functools
+import math
+import os
 from collections.abc import Callable
 
 import jax
@@ -67,6 +69,9 @@ def sample_labels(num_samples: int, num_classes: int) -> np.ndarray:
     return (np.arange(num_samples) % max(num_classes, 1)).astype(np.int32)
 
 
+PROMPT_SHOWN = 60  # Characters of a --prompt quoted in an error message.
+
+
 def check_prompt(prompt: str | None, text: bool, stored: bool, text_length: int) -> None:
     """Raises ValueError in one sentence if a prompt is given to a model without a text encoder
     (text=False) or on stored embeddings (stored=True), or does not fit in text_length tokens."""
@@ -83,7 +88,77 @@ def check_prompt(prompt: str | None, text: bool, stored: bool, text_length: int)
             "--prompt needs a text-conditioned model (model.text_cond=True, e.g. "
             "configs/digits_text.py); this config has none."
         )
-    text_encoder.tokenize([prompt], text_length)
+    try:
+        size = len(prompt.encode("utf-8"))
+    except UnicodeEncodeError as e:  # Bytes that are not UTF-8, as Python decodes argv.
+        raise ValueError(
+            f"--prompt={shown_prompt(prompt)} is not valid UTF-8 (from character {e.start}); "
+            "give the caption in UTF-8."
+        ) from None
+    if size > text_length - 1:
+        raise ValueError(
+            f"--prompt={shown_prompt(prompt)} is {size} UTF-8 bytes; data.text_length="
+            f"{text_length} holds at most {text_length - 1} (one token is the BOS): shorten it."
+        )
+
+
+def shown_prompt(prompt: str, limit: int = PROMPT_SHOWN) -> str:
+    """Returns the prompt quoted for a message: its first `limit` characters (then "..."), bytes
+    that are not UTF-8 as \\xNN."""
+    cut = prompt if len(prompt) <= limit else prompt[:limit] + "..."
+    try:
+        text = cut.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # A lone surrogate that is no escaped byte.
+        text = cut.encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"'{text}'"
+
+
+def host_bytes_per_sample(image_shape: tuple[int, ...], text_length: int = 0) -> int:
+    """Returns the host bytes one sample of --mode=sample holds at its peak, while the .npz is
+    written: float32 [H, W, C] three times (the samples and two temporaries of
+    images.to_levels), its uint8 levels, its label (int64 twice, then int32) and its caption
+    tokens (int32 [text_length])."""
+    pixels = math.prod(image_shape)
+    return 3 * 4 * pixels + pixels + 8 + 8 + 4 + 4 * text_length
+
+
+def available_host_bytes() -> int | None:
+    """Returns the host memory a new allocation can take now, in bytes: /proc/meminfo's
+    MemAvailable (Linux), else the free physical pages (os.sysconf); None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # The file counts kB (KiB).
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_num_samples(
+    num_samples: int,
+    per_sample: int,
+    field: str = "--num_samples",
+    available: int | None = None,
+) -> None:
+    """Raises ValueError in one sentence naming `field` and the largest count that fits if
+    num_samples samples of per_sample host bytes (host_bytes_per_sample) exceed the available
+    memory (default: available_host_bytes(); unknown: no check)."""
+    available = available_host_bytes() if available is None else available
+    if available is None or num_samples * per_sample <= available:
+        return
+    raise ValueError(
+        f"{field}={num_samples} would hold about {_gib(num_samples * per_sample)} of samples in "
+        f"host memory at once ({per_sample} bytes each), but {_gib(available)} is available; "
+        f"use at most {field}={max(available // per_sample, 0)}."
+    )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"
 
 
 class Generator:

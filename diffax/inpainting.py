@@ -101,6 +101,14 @@ def repaint_schedule(num_steps: int, jump_length: int, resamplings: int) -> np.n
     return np.asarray(ops, np.int32)
 
 
+def max_jump_length(num_steps: int) -> int:
+    """Returns the longest jump repaint_schedule makes over num_steps steps: jumps leave states
+    j, 2j, ... and climb j steps without passing num_steps, so only j <= num_steps // 2 jumps (a
+    longer one is the plain chain). RePaint's own code (get_schedule_jump) jumps from t = 0, j,
+    2j, ... < t_T - j instead, needing j < t_T."""
+    return num_steps // 2
+
+
 def repaint_sample(
     d: GaussianDiffusion,
     model_fn: ModelFn,

@@ -128,6 +128,7 @@ def _check_input(config, workdir: str) -> int:
         raise ValueError(f"--prompt is for --mode=sample, not --mode={FLAGS.mode}.")
     if FLAGS.mode == "sample":
         evaluate.check_sample_mode(config, FLAGS.prompt)
+        validation.check_num_samples(config, FLAGS.num_samples)
     if FLAGS.mode != "train":
         restore.require_checkpoints(workdir, config)
         restore.check_saved_config(config, workdir, FLAGS.allow_config_change)

@@ -21,13 +21,17 @@ from diffax import (
 )
 from diffax.config_checks import ConfigError
 from diffax.config_checks import choice as _choice
+from diffax.config_checks import count_or_all as _count_or_all
 from diffax.config_checks import int_tuple as _int_tuple
 from diffax.config_checks import number as _number
 from diffax.config_checks import positive_int as _positive_int
-from diffax.datasets import captions
+from diffax.datasets import captions, digits, image_folder
 from diffax.models import dit, layers, unet
 
 DTYPES = ("float32", "bfloat16", "float16")
+# config.seed seeds jax.random.PRNGKey (which takes [-2**63, 2**63)), NumPy's SeedSequence of the
+# data order and captions (non-negative only) and TensorFlow's int64 seeds: [0, 2**32) suits all.
+SEED_LIMIT = 2**32
 # model.text.positions: the text encoder's position code (models.text_encoder.TextEncoder).
 TEXT_POSITIONS = ("learned", "none", "words")
 
@@ -144,7 +148,6 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     m, data = config.model, config.data
     _choice(m.name, "model.name", tuple(build.MODELS))
     config_checks.check_no_moved_fields(m, m.name)
-    _positive_int(data.image_size, "data.image_size")
     if m.name == "unet":
         _validate_unet(config, "unet")
     elif m.name == "noisy_classifier":
@@ -154,7 +157,6 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     elif m.name == "autoencoder_kl":
         _validate_autoencoder(config)
     _choice(m.dtype, "model.dtype", DTYPES)
-    _positive_int(data.num_classes, "data.num_classes", allow_zero=True)
     if not isinstance(m.class_cond, bool):
         raise ConfigError(f"model.class_cond={m.class_cond!r} must be True or False.")
     if m.class_cond and data.num_classes < 1:
@@ -293,12 +295,21 @@ def _validate_training(config: ml_collections.ConfigDict, device_count: int) -> 
             f"training.grad_accum_steps={training.grad_accum_steps} times the {device_count} "
             "devices."
         )
-    _number(training.learning_rate, "training.learning_rate", 0.0, float("inf"))
-    if training.learning_rate == 0:
-        raise ConfigError("training.learning_rate=0 must be positive.")
+    _number(training.learning_rate, "training.learning_rate", 0.0, low_open=True)
     _number(training.label_dropout, "training.label_dropout", 0.0, 1.0, high_open=True)
-    _number(training.grad_clip, "training.grad_clip", 0.0, float("inf"))
+    _number(training.grad_clip, "training.grad_clip", 0.0)  # 0 turns clipping off.
+    _number(training.weight_decay, "training.weight_decay", 0.0)
+    for field in ("adam_b1", "adam_b2"):  # Moment decays: 1 would never forget, > 1 diverges.
+        _number(training[field], f"training.{field}", 0.0, 1.0, high_open=True)
     _positive_int(training.warmup_steps, "training.warmup_steps", allow_zero=True)
+    # Update i (from 0) takes learning_rate * i / warmup_steps (build.learning_rate_schedule):
+    # a warmup longer than the run never reaches the peak rate.
+    if training.warmup_steps > training.num_steps:
+        raise ConfigError(
+            f"training.warmup_steps={training.warmup_steps} must be at most training.num_steps="
+            f"{training.num_steps}: a longer warmup would never reach the peak "
+            "training.learning_rate."
+        )
     rates = training.ema_rates
     ok = isinstance(rates, (tuple, list)) and len(rates) > 0
     ok = ok and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rates)
@@ -314,15 +325,17 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
             f"eval.batch_size={ev.batch_size} must be divisible by the {device_count} devices."
         )
     _positive_int(ev.num_samples, "eval.num_samples")
+    _count_or_all(ev.num_bpd_examples, "eval.num_bpd_examples", "the whole data.eval_split")
+    _count_or_all(
+        ev.num_reference_examples, "eval.num_reference_examples", "the whole data.eval_split"
+    )
     _choice(ev.sampler, "eval.sampler", generate.SAMPLERS)
     _positive_int(ev.sample_steps, "eval.sample_steps", allow_zero=True)
     _positive_int(ev.bpd_t_samples, "eval.bpd_t_samples")
     if not isinstance(ev.ode_bpd, bool):
         raise ConfigError(f"eval.ode_bpd={ev.ode_bpd!r} must be True or False.")
     _choice(ev.ode_divergence, "eval.ode_divergence", ("exact", "hutchinson"))
-    _number(ev.ode_tolerance, "eval.ode_tolerance", 0.0, 1.0)
-    if ev.ode_tolerance == 0:
-        raise ConfigError("eval.ode_tolerance=0 must be positive (the ODE's rtol and atol).")
+    _number(ev.ode_tolerance, "eval.ode_tolerance", 0.0, 1.0, low_open=True)  # rtol = atol.
     _positive_int(ev.solver_order, "eval.solver_order", allow_zero=True)
     _positive_int(ev.chain_frames, "eval.chain_frames", allow_zero=True)
     _positive_int(ev.chain_samples, "eval.chain_samples")
@@ -380,6 +393,16 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
     if data.dataset == "image_folder" and not data.folder:
         raise ConfigError("data.dataset='image_folder' needs data.folder, the folder to read.")
     _positive_int(data.get("cache_mib", 0), "data.cache_mib", allow_zero=True)
+    _positive_int(data.shuffle_buffer, "data.shuffle_buffer")
+    _positive_int(data.image_size, "data.image_size")
+    _positive_int(data.num_classes, "data.num_classes", allow_zero=True)
+    try:  # What the data set itself can give: its splits, levels, channels and sizes.
+        if data.dataset == "digits":
+            digits.check_config(data, build.is_latent(config), config.eval.quality_metrics)
+        elif data.dataset == "image_folder":
+            image_folder.check_config(data)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _validate_super_resolution(config: ml_collections.ConfigDict) -> None:
@@ -460,6 +483,15 @@ def _validate_inpainting(config: ml_collections.ConfigDict) -> None:
             "eval.ode_bpd=True is not available for a mask-conditioned model "
             "(inpainting.mask_cond=True): its ODE would need the mask input."
         )
+    steps = config.eval.sample_steps or config.diffusion.num_timesteps  # RePaint's chain.
+    longest = inpainting.max_jump_length(steps)
+    if ip.repaint and ip.repaint_resamplings > 1 and ip.repaint_jump > longest:
+        raise ConfigError(
+            f"inpainting.repaint_jump={ip.repaint_jump} must be at most {longest} for "
+            f"{steps} sampling steps (eval.sample_steps, or diffusion.num_timesteps when 0): "
+            "RePaint jumps back from every j-th step and a longer jump never happens "
+            "(inpainting.repaint_resamplings=1 samples without jumps)."
+        )
 
 
 def _validate_latent(config: ml_collections.ConfigDict) -> None:
@@ -490,9 +522,7 @@ def _validate_latent(config: ml_collections.ConfigDict) -> None:
             "latent_stats.json: unset latent.scale or use latent.normalization='scalar'."
         )
     if latent.scale is not None:
-        _number(latent.scale, "latent.scale", 0.0, float("inf"))
-        if latent.scale == 0:
-            raise ConfigError("latent.scale=0 must be positive (the latents are multiplied by it).")
+        _number(latent.scale, "latent.scale", 0.0, low_open=True)  # Latents are multiplied by it.
     if (
         config.super_resolution.low_res_size
         or config.inpainting.mask_cond
@@ -524,6 +554,9 @@ def _validate_latent(config: ml_collections.ConfigDict) -> None:
 def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Raises ConfigError with one sentence naming the field and what is accepted."""
     device_count = jax.device_count() if device_count is None else device_count
+    seed = config.seed
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT):
+        raise ConfigError(f"config.seed={seed!r} must be an integer in [0, 2**32).")
     _validate_latent(config)
     _validate_data(config)
     _validate_text(config)  # First: a text model's backbone is named before its fields.
@@ -544,5 +577,20 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
         tasks.get(config).check(config)  # The kind's own checks, after the shared ones.
     except ConfigError:
         raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_num_samples(config: ml_collections.ConfigDict, num_samples: int | None) -> None:
+    """Raises ConfigError in one sentence if --mode=sample's num_samples (None:
+    eval.num_samples) samples would not fit in the host's available memory at once."""
+    field = "--num_samples" if num_samples else "eval.num_samples"
+    num_samples = num_samples or config.eval.num_samples
+    # The samples the model draws; latents are counted as themselves, not decoded.
+    per_sample = generate.host_bytes_per_sample(
+        build.image_shape(config), config.data.get("text_length", 0)
+    )
+    try:
+        generate.check_num_samples(num_samples, per_sample, field)
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import ml_collections
+import pytest
 
 from configs import digits_dit
 from diffax import build, checkpointing, config_checks
@@ -52,3 +53,32 @@ def test_a_checkpoint_saved_with_an_old_config_restores_it_split(tmp_path):
         checkpointing.close(manager)
     assert "ch" not in saved["model"] and saved["model"]["dit"]["num_heads"] == 4
     assert saved["model"]["unet"]["ch"] == 32 and saved["model"]["classifier"]["ch"] == 32
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high", "flags", "sentence"),
+    [
+        (float("inf"), 0.0, float("inf"), {}, "a.b=inf must be a finite number >= 0."),
+        (float("-inf"), -float("inf"), float("inf"), {}, "a.b=-inf must be a finite number."),
+        (float("nan"), 0.0, 1.0, {}, "a.b=nan must be a finite number in [0, 1]."),
+        (0.0, 0.0, float("inf"), {"low_open": True}, "a.b=0.0 must be a finite number > 0."),
+        (1.0, 0.0, 1.0, {"high_open": True}, "a.b=1.0 must be a finite number in [0, 1)."),
+        (True, 0.0, 1.0, {}, "a.b=True must be a finite number in [0, 1]."),
+        (None, -1.0, float("inf"), {}, "a.b=None must be a finite number >= -1."),
+    ],
+)
+def test_a_number_must_be_finite_and_in_range_and_the_sentence_says_the_range(
+    value, low, high, flags, sentence
+):
+    with pytest.raises(config_checks.ConfigError) as error:
+        config_checks.number(value, "a.b", low, high, **flags)
+    assert str(error.value) == sentence
+
+
+def test_a_large_integer_is_a_finite_number():
+    config_checks.number(10**400, "a.b", 0.0)  # math.isfinite would overflow on it.
+    config_checks.count_or_all(-1, "a.b", "all")
+    with pytest.raises(
+        config_checks.ConfigError, match=r"a\.b=0 must be a positive integer, or -1"
+    ):
+        config_checks.count_or_all(0, "a.b", "all")

@@ -104,3 +104,20 @@ def test_the_chain_ends_in_the_samples_and_has_the_asked_frames(params):
     chex.assert_shape(chain, (6, 8, 8, 8, 1))  # 5 frames every 2 steps, then the samples.
     np.testing.assert_array_equal(chain[-1], images[:8])
     np.testing.assert_array_equal(images, generator.generate(params, 12, seed=0))
+
+
+@pytest.mark.parametrize(
+    ("prompt", "shown"),
+    [
+        ("\udcff\udcfe three", r"--prompt='\xff\xfe three' is not valid UTF-8"),  # argv bytes
+        ("x" * 10_000, "--prompt='" + "x" * 60 + "...' is 10000 UTF-8 bytes"),
+    ],
+)
+def test_a_prompt_that_cannot_be_a_caption_gets_a_short_sentence_naming_the_flag(prompt, shown):
+    with pytest.raises(ValueError) as error:
+        generate.check_prompt(prompt, text=True, stored=False, text_length=32)
+    message = str(error.value)
+    assert message.startswith(shown), message
+    assert len(message) < 200 and "\n" not in message
+    message.encode("utf-8")  # Printable as it is: the bytes are shown escaped.
+    generate.check_prompt("a three", text=True, stored=False, text_length=32)

@@ -149,6 +149,19 @@ CONFIG_CASES = [
     ("no-checkpoint", ["--mode=eval"], ["No checkpoint"]),
     ("prompt-without-text", ["--mode=sample", "--prompt=a three"], ["--prompt", "text_cond"]),
     ("text-length-short", ["--config.data.text_length=8"], ["data.text_length"]),
+    # Issue 26: each used to pass and fail late (a traceback, or after training and saving).
+    ("seed-overflow", ["--config.seed=99999999999999999999"], ["config.seed", "2**32"]),
+    ("digits-rgb", ["--config.data.num_channels=3"], ["data.num_channels=3", "grayscale"]),
+    (
+        "image-folder-split",
+        ["--config.data.dataset=image_folder", "--config.data.folder=/nonexistent/faces"],
+        ["data.eval_split='test'", "'train'"],
+    ),
+    (
+        "num-samples-memory",
+        ["--mode=sample", "--num_samples=1000000000"],
+        ["--num_samples=1000000000", "use at most --num_samples="],
+    ),
 ]
 
 
@@ -158,6 +171,11 @@ def test_prompt_outside_sample_mode_or_too_long_for_the_text_model(tmp_path):
     _assert_one_sentence(done, "--prompt", "--mode=sample")
     done = _run([f"--workdir={tmp_path}", "--mode=sample", "--prompt=" + "x" * 40], config=text)
     _assert_one_sentence(done, "data.text_length=32")
+    # Bytes that are not UTF-8 (Python reads them from argv as surrogates), shown escaped.
+    done = _run(
+        [f"--workdir={tmp_path}", "--mode=sample", "--prompt=\udcff\udcfe three"], config=text
+    )
+    _assert_one_sentence(done, "--prompt='\\xff\\xfe three' is not valid UTF-8")
 
 
 @pytest.mark.parametrize(
@@ -310,6 +328,7 @@ def test_bad_image_folder_gets_one_sentence(tmp_path, kind, args, names):
             "--config.data.dataset=image_folder",
             f"--config.data.folder={folder}",
             "--config.data.num_levels=256",
+            "--config.data.eval_split=train",  # A folder's one split.
             "--config.data.num_classes=0",
             "--config.model.class_cond=False",
             "--config.eval.guidance_scale=0",

@@ -82,6 +82,62 @@ INVALID_TEXT = [
     ("data.dataset", "cifar10"),
 ]
 
+# Issue 26's "before the first step" rules on configs/tiny.py: (field, value, what the sentence
+# must also say: the accepted range or the other field involved).
+NAN, INF = float("nan"), float("inf")
+REFUSED = [
+    ("training.adam_b1", 2.0, r"in \[0, 1\)"),
+    ("training.adam_b2", -1.0, r"in \[0, 1\)"),
+    ("training.adam_b1", 1.0, r"in \[0, 1\)"),
+    ("training.weight_decay", -5.0, ">= 0"),
+    ("training.weight_decay", INF, ">= 0"),
+    ("training.learning_rate", INF, "finite number > 0"),
+    ("training.learning_rate", NAN, "finite number > 0"),
+    ("training.learning_rate", 0.0, "finite number > 0"),
+    ("training.learning_rate", -1e-3, "finite number > 0"),
+    ("training.grad_clip", -1.0, ">= 0"),
+    ("training.grad_clip", INF, ">= 0"),
+    ("training.grad_clip", NAN, ">= 0"),
+    ("training.warmup_steps", 5, r"at most training\.num_steps=4"),  # tiny trains 4 steps.
+    ("data.shuffle_buffer", 0, "positive integer"),
+    ("data.shuffle_buffer", -1, "positive integer"),
+    ("eval.num_bpd_examples", 0, "or -1 for the whole"),
+    ("eval.num_bpd_examples", -5, "or -1 for the whole"),
+    ("eval.num_reference_examples", 0, "or -1 for the whole"),
+    ("eval.guidance_scale", INF, ">= -1"),
+    ("eval.classifier_scale", NAN, ">= 0"),
+    ("eval.ode_tolerance", 0.0, r"in \(0, 1\]"),
+    ("eval.ddim_eta", NAN, r"in \[0, 1\]"),
+    ("training.label_dropout", NAN, r"in \[0, 1\)"),
+    ("seed", 99999999999999999999, r"in \[0, 2\*\*32\)"),
+    ("seed", 2**32, r"in \[0, 2\*\*32\)"),
+    ("seed", -1, r"in \[0, 2\*\*32\)"),
+    ("seed", True, r"in \[0, 2\*\*32\)"),
+    # The digits: 17 levels, one channel of 8x8 pixels, splits train and test, 10 classes.
+    ("data.num_levels", 256, r"data\.num_levels=17"),
+    ("data.num_channels", 3, r"data\.num_channels=1"),
+    ("data.image_size", 12, r"8, 16, 24.*eval\.quality_metrics=False"),
+    ("data.eval_split", "validation", r"'train' and 'test'"),
+    ("data.train_split", "train[:50%]+extra", r"'train' and 'test'"),
+    ("data.eval_split", "test[", "TFDS split spec"),
+    ("data.num_classes", 5, r"data\.num_classes=10"),
+]
+
+# Values at the edge of each new rule that stay accepted on configs/tiny.py.
+ACCEPTED = [
+    ("training.adam_b1", 0.0),
+    ("training.adam_b2", 0.9999),
+    ("training.weight_decay", 0.0),
+    ("training.grad_clip", 0.0),
+    ("training.warmup_steps", 4),  # Warms up over the whole run.
+    ("data.shuffle_buffer", 1),
+    ("eval.num_bpd_examples", -1),
+    ("eval.num_bpd_examples", 1),
+    ("seed", 2**32 - 1),
+    ("data.eval_split", "train[:10%]+test"),
+    ("data.num_classes", 12),
+]
+
 
 def _set(config, field, value):
     with config.unlocked():
@@ -203,8 +259,9 @@ def _latent_tiny():
     ("field", "value", "message"),
     [
         ("latent.autoencoder", "vqgan", r"latent\.autoencoder='vqgan' is not one of"),
-        ("latent.scale", -1.0, r"latent\.scale=-1\.0 must be a number"),
-        ("latent.scale", 0.0, r"latent\.scale=0 must be positive"),
+        ("latent.scale", -1.0, r"latent\.scale=-1\.0 must be a finite number > 0"),
+        ("latent.scale", 0.0, r"latent\.scale=0\.0 must be a finite number > 0"),
+        ("latent.scale", float("inf"), r"latent\.scale=inf must be a finite number > 0"),
         ("diffusion.kind", "continuous", r"diffusion\.kind='continuous' on latents"),
         ("eval.clip_denoised", True, r"eval\.clip_denoised=True clips predicted latents"),
         ("eval.ode_bpd", True, r"eval\.ode_bpd=True dequantizes pixels"),
@@ -287,3 +344,116 @@ def test_a_config_file_setting_an_old_flat_model_field_is_refused():
     classifier.model.num_heads = 2
     with pytest.raises(ConfigError, match=r"model\.num_heads -> model\.classifier\.num_heads"):
         validation.validate_config(classifier, device_count=8)
+
+
+@pytest.mark.parametrize(("field", "value", "accepted"), REFUSED)
+def test_a_value_no_step_could_use_is_refused_naming_the_field_and_the_range(
+    field, value, accepted
+):
+    config = tiny.get_config()
+    _set(config, field, value)
+    with pytest.raises(ConfigError) as error:
+        validation.validate_config(config, device_count=8)
+    message = str(error.value)
+    assert message.startswith(("config.seed" if field == "seed" else field) + "="), message
+    assert re.search(accepted, message), message
+    assert "\n" not in message and len(message) < 400, message
+
+
+@pytest.mark.parametrize(("field", "value"), ACCEPTED)
+def test_the_edge_of_each_rule_is_still_accepted(field, value):
+    config = tiny.get_config()
+    _set(config, field, value)
+    validation.validate_config(config, device_count=8)
+
+
+def test_the_largest_accepted_seed_makes_a_key_and_a_data_order():
+    """[0, 2**32) is inside what every consumer of config.seed takes."""
+    import numpy as np
+
+    jax.random.PRNGKey(2**32 - 1)
+    np.random.SeedSequence([2**32 - 1, 0]).generate_state(4)
+    with pytest.raises(OverflowError):  # What --config.seed=99999999999999999999 used to hit.
+        jax.random.PRNGKey(99999999999999999999)
+
+
+def test_digits_in_latent_space_keep_only_their_levels_and_splits():
+    """data.image_size and data.num_channels are the latents' there, not the digits'."""
+    config = _latent_tiny()
+    validation.validate_config(config, device_count=8)  # 4 channels, 8x8 latents.
+    config.data.num_levels = 256
+    with pytest.raises(ConfigError, match=r"data\.num_levels=17"):
+        validation.validate_config(config, device_count=8)
+
+
+def _image_folder_tiny(**fields):
+    config = tiny.get_config()
+    config.data.update(dataset="image_folder", folder="/data/faces", num_levels=256)
+    config.data.update(num_classes=0, **fields)
+    config.model.class_cond = False
+    config.eval.guidance_scale = 0.0
+    return config
+
+
+def test_an_image_folder_is_refused_a_split_it_does_not_have():
+    """Its only split is "train" (every file): the default eval_split 'test' stops the run before
+    training, not after it; 'train' or a slice of it is accepted."""
+    with pytest.raises(ConfigError) as error:
+        validation.validate_config(_image_folder_tiny(), device_count=8)
+    message = str(error.value)
+    assert message.startswith("data.eval_split='test'"), message
+    assert "one split 'train'" in message and "data.eval_split='train'" in message, message
+    for split in ("train", "train[:100]", "train[90%:]"):
+        validation.validate_config(_image_folder_tiny(eval_split=split), device_count=8)
+    with pytest.raises(ConfigError, match=r"data\.train_split='validation'"):
+        validation.validate_config(
+            _image_folder_tiny(train_split="validation", eval_split="train"), device_count=8
+        )
+
+
+def _repaint_tiny(jump, resamplings=10):
+    config = tiny.get_config()  # T = 20, sampled in eval.sample_steps = 10 steps.
+    config.inpainting.update(repaint=True, repaint_jump=jump, repaint_resamplings=resamplings)
+    return config
+
+
+def test_a_repaint_jump_that_never_happens_is_refused():
+    """The limit is the schedule's own: the longest accepted jump jumps, the next would not."""
+    from diffax import inpainting
+
+    with pytest.raises(ConfigError) as error:
+        validation.validate_config(_repaint_tiny(1000), device_count=8)
+    message = str(error.value)
+    assert message.startswith("inpainting.repaint_jump=1000 must be at most 5 for 10"), message
+    validation.validate_config(_repaint_tiny(5), device_count=8)
+    assert inpainting.repaint_schedule(10, 5, 2)[:, 1].any()  # Jumps up.
+    assert not inpainting.repaint_schedule(10, 6, 2)[:, 1].any()  # The plain chain.
+    with pytest.raises(ConfigError, match="at most 5"):
+        validation.validate_config(_repaint_tiny(6), device_count=8)
+    validation.validate_config(_repaint_tiny(1000, resamplings=1), device_count=8)  # No jumps.
+    with pytest.raises(ConfigError, match=r"inpainting\.repaint_resamplings=0 must be a positive"):
+        validation.validate_config(_repaint_tiny(5, resamplings=0), device_count=8)
+
+
+def test_samples_that_do_not_fit_in_host_memory_are_refused_naming_the_largest_that_fits(
+    monkeypatch,
+):
+    config = tiny.get_config()  # 8x8x1 samples.
+    per_sample = generate.host_bytes_per_sample((8, 8, 1))
+    assert per_sample >= 8 * 8 * 1 * 4
+    monkeypatch.setattr(generate, "available_host_bytes", lambda: 1000 * per_sample + 5)
+    validation.check_num_samples(config, 1000)
+    with pytest.raises(ConfigError) as error:
+        validation.check_num_samples(config, 1001)
+    assert str(error.value).startswith("--num_samples=1001 would hold"), error.value
+    assert str(error.value).endswith("use at most --num_samples=1000."), error.value
+    config.eval.num_samples = 10**9  # No flag: the field it came from is named.
+    with pytest.raises(ConfigError, match=r"^eval\.num_samples=1000000000 .* at most "):
+        validation.check_num_samples(config, None)
+    monkeypatch.setattr(generate, "available_host_bytes", lambda: None)  # Unknown: no check.
+    validation.check_num_samples(config, 10**9)
+
+
+def test_the_available_host_memory_is_read():
+    available = generate.available_host_bytes()
+    assert available is None or 0 < available < 2**50

@@ -40,7 +40,7 @@ def test_main_refuses_a_workdir_locked_by_another_process_and_writes_nothing(tmp
     try:
         done = subprocess.run(
             [sys.executable, "-m", "diffax.main", "--config=configs/tiny.py"]
-            + [f"--workdir={tmp_path}", "--config.training.num_steps=1"],
+            + [f"--workdir={tmp_path}", "--config.training.num_steps=2"],
             cwd=ROOT,
             env=_env(),
             capture_output=True,

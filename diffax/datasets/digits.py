@@ -9,10 +9,14 @@ from etils import epath
 from sklearn import datasets as sklearn_datasets
 from tensorflow_datasets.core import constants as tfds_constants
 
+from diffax.datasets import splits
+
 NUM_EXAMPLES = 1797  # Images in sklearn.datasets.load_digits().
 NUM_TRAIN = 1437  # The first 1437 of the seeded permutation; the remaining 360 are the test split.
 NUM_TEST = NUM_EXAMPLES - NUM_TRAIN
 NUM_LEVELS = 17  # Pixel values are the integers 0..16 (counts of set pixels in 4x4 blocks).
+IMAGE_SIZE = 8  # Images are 8x8 with one channel (grayscale).
+NUM_CLASSES = 10  # Labels are the digits 0..9.
 SPLIT_SEED = 0  # Seed of the permutation that assigns images to train/test.
 
 _DESCRIPTION = f"""\
@@ -41,6 +45,41 @@ def split_indices() -> dict[str, np.ndarray]:
     # RandomState (not Generator) because NumPy keeps its stream fixed across releases.
     permutation = np.random.RandomState(SPLIT_SEED).permutation(NUM_EXAMPLES)
     return {"train": permutation[:NUM_TRAIN], "test": permutation[NUM_TRAIN:]}
+
+
+def check_config(data_config, latent: bool = False, digits_score: bool = True) -> None:
+    """Raises ValueError in one sentence if data_config asks the digits for what they cannot give.
+
+    The digits have NUM_LEVELS levels, the splits "train" and "test", 10 classes, and one channel
+    of 8x8 pixels; with latent=True data.image_size and data.num_channels are the latents' and
+    are not checked here. The pipeline resizes to any data.image_size, but the digits score
+    (digits_score, eval.quality_metrics) brings samples back to 8x8 only from a multiple of 8.
+    """
+    splits.check_splits(data_config, tuple(split_indices()), "the digits data set")
+    if data_config.num_levels != NUM_LEVELS:
+        raise ValueError(
+            f"data.num_levels={data_config.num_levels!r}: the digits have {NUM_LEVELS} levels "
+            f"(pixel values 0..{NUM_LEVELS - 1}); set data.num_levels={NUM_LEVELS}."
+        )
+    if 0 < data_config.num_classes < NUM_CLASSES:
+        raise ValueError(
+            f"data.num_classes={data_config.num_classes}: the digits have {NUM_CLASSES} classes; "
+            f"set data.num_classes={NUM_CLASSES} (or 0 to ignore the labels)."
+        )
+    if latent:
+        return
+    if data_config.num_channels != 1:
+        raise ValueError(
+            f"data.num_channels={data_config.num_channels!r}: the digits are grayscale; set "
+            "data.num_channels=1."
+        )
+    if digits_score and data_config.image_size % IMAGE_SIZE:
+        raise ValueError(
+            f"data.image_size={data_config.image_size}: the digits are {IMAGE_SIZE}x{IMAGE_SIZE} "
+            f"and their score (eval.quality_metrics) reads samples of a multiple of {IMAGE_SIZE} "
+            f"only; use {IMAGE_SIZE}, {2 * IMAGE_SIZE}, {3 * IMAGE_SIZE}, ... or set "
+            "eval.quality_metrics=False."
+        )
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):

@@ -13,6 +13,8 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps
 
+from diffax.datasets import splits
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 # PIL errors a bad file can raise while opening or decoding (SyntaxError: some broken PNG chunks).
@@ -35,6 +37,25 @@ class DecodedImages:
     images: np.ndarray  # [N, S, S, C] uint8
     labels: np.ndarray  # [N] int32
     num_skipped: int  # files that could not be decoded and were skipped
+
+
+# The one split of a folder: every file. No held-out part is made up (which files, how many): a
+# folder is read as given, so data.eval_split names "train" or a slice of it, or the run is refused.
+SPLITS = ("train",)
+
+
+def check_config(data_config) -> None:
+    """Raises ValueError in one sentence if data.train_split or data.eval_split reads a split an
+    image folder lacks (its only split is "train", every file)."""
+    splits.check_splits(
+        data_config,
+        SPLITS,
+        "an image folder",
+        hint=(
+            " (every file): read 'train' or a slice of it such as 'train[:1000]' "
+            "(data.eval_split='train' reports bits/dim on the training images)"
+        ),
+    )
 
 
 def _is_image_file(name: str) -> bool:

@@ -40,7 +40,7 @@ class Context:
 
     def eval_batches(self, data_config: ml_collections.ConfigDict | None = None) -> Iterator:
         """Returns this process's masked batches of the eval split (eval.batch_size in all,
-        eval.num_bpd_examples of them, 0 for all): the one place the split is batched."""
+        eval.num_bpd_examples of them, -1 for all): the one place the split is batched."""
         return eval_batches(self.config, data_config)
 
 
