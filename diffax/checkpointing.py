@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -239,8 +240,15 @@ def _raise_if_disk_full(manager: ocp.CheckpointManager, error: BaseException) ->
     ledger, directory = _ledger(manager), epath.Path(manager.directory)
     step = ledger.saving
     ledger.good.discard(step)
-    for partial in directory.glob("*.orbax-checkpoint-tmp*"):
-        shutil.rmtree(partial, ignore_errors=True)
+    # The save's other writer threads may still be finishing a file when the first error
+    # arrives (seen under load): remove until nothing partial is left, for up to two seconds.
+    for _ in range(20):
+        partials = list(directory.glob("*.orbax-checkpoint-tmp*"))
+        if not partials:
+            break
+        for partial in partials:
+            shutil.rmtree(partial, ignore_errors=True)
+        time.sleep(0.1)
     kept = _complete_steps(directory) if directory.exists() else []
     listed = f"step{'s' * (len(kept) > 1)} {', '.join(map(str, kept))}" if kept else "none"
     raise DiskFullError(
