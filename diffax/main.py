@@ -10,6 +10,10 @@ import sys
 import tempfile
 import traceback
 
+# TensorFlow (the input pipeline) logs its C++ INFO lines (oneDNN, absl's InitializeLog) on the
+# console before any flag is read: only its warnings and errors, unless the user asks otherwise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -114,7 +118,7 @@ def _prepare_workdir(workdir: str) -> None:
 def _check_input(config, workdir: str) -> int:
     """Runs every check that needs no workdir (so a rejected run creates nothing on disk);
     raises INPUT_ERRORS in one sentence; returns the CPU devices asked of JAX (0: left alone)."""
-    from diffax import cpu_devices, distributed, evaluate, restore, validation
+    from diffax import cpu_devices, distributed, validation  # Not the jobs: a quick refusal.
 
     if FLAGS.num_samples is not None and FLAGS.num_samples < 1:
         raise ValueError(f"--num_samples={FLAGS.num_samples} must be a positive integer.")
@@ -127,9 +131,13 @@ def _check_input(config, workdir: str) -> int:
     if FLAGS.prompt is not None and FLAGS.mode != "sample":
         raise ValueError(f"--prompt is for --mode=sample, not --mode={FLAGS.mode}.")
     if FLAGS.mode == "sample":
+        from diffax import evaluate
+
         evaluate.check_sample_mode(config, FLAGS.prompt)
         validation.check_num_samples(config, FLAGS.num_samples)
     if FLAGS.mode != "train":
+        from diffax import restore
+
         restore.require_checkpoints(workdir, config)
         restore.check_saved_config(config, workdir, FLAGS.allow_config_change)
     return cpus
