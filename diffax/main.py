@@ -10,10 +10,6 @@ import sys
 import tempfile
 import traceback
 
-# TensorFlow (the input pipeline) logs its C++ INFO lines (oneDNN, absl's InitializeLog) on the
-# console before any flag is read: only its warnings and errors, unless the user asks otherwise.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
