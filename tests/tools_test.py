@@ -11,7 +11,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MISSING = "/nonexistent/diffax-test"
 
 # (tool, a flag its --help must list, wrong arguments, words the sentence must hold).
-# diffax.tools.flops is a library of FLOP counts (no command line).
 TOOLS = [
     ("score_images", "--images", [f"--images={MISSING}/x.npz"], [f"{MISSING}/x.npz"]),
     ("score_images", "--images", [], ["--images is required"]),
@@ -47,6 +46,8 @@ TOOLS = [
     ),
     ("benchmark", "--steps", ["--config=configs/nope.py"], ["--config=configs/nope.py"]),
     ("make_vae_fixture", "--output_dir", None, None),  # Writes a fixture: no input to get wrong.
+    # A library of FLOP counts, not a command: --help and any run say where its figures are.
+    ("flops", "diffax.tools.benchmark", [], ["is a library", "diffax.tools.benchmark"]),
 ]
 
 

@@ -146,3 +146,18 @@ def xla_forward_flops_per_image(
     abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
     compiled = jax.jit(_forward(model)).lower(abstract, x, t, labels).compile()
     return xla_cost(compiled)["flops"] / batch_size
+
+
+if __name__ == "__main__":  # A library, not a command: say so, and where its figures are printed.
+    import sys
+
+    usage = (
+        "diffax.tools.flops is a library of FLOP counts (train_flops_per_image(model, shape), "
+        "forward_flops_per_image, forward_macs); `python -m diffax.tools.benchmark "
+        "--config=configs/digits.py` prints a config's FLOPs per image and its MFU."
+    )
+    if any(a in ("--help", "-h", "--helpfull") for a in sys.argv[1:]):
+        print(__doc__.strip() + "\n\n" + usage)
+        sys.exit(0)
+    print(f"flops: error: {usage}", file=sys.stderr)
+    sys.exit(1)
