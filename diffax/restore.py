@@ -8,6 +8,7 @@ import json
 import os
 from typing import Any
 
+import flax.traverse_util
 import jax
 import ml_collections
 
@@ -89,14 +90,10 @@ MEANING_FIELDS = (
 _HOW_FIELDS = ("model.dtype", "model.remat")
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Returns {"a.b": value} of a nested dict (lists as tuples)."""
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: tuple(tree) if isinstance(tree, list) else tree}
+def _flat(tree: dict) -> dict[str, Any]:
+    """Returns {"a.b": value} of a nested dict (lists as tuples, as the config holds them)."""
+    flat = flax.traverse_util.flatten_dict(tree, sep=".")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
 
 
 def changed_meaning_fields(config: ml_collections.ConfigDict, saved: dict) -> list[str]:

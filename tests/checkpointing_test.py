@@ -540,20 +540,6 @@ def test_two_processes_fall_back_together_past_orbax_errors_and_checksum_mismatc
         assert "RESULT 1 True [2, 3]" in log, log[-3000:]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs (mounting needs root); skipped where mounting is refused."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("mounting a 2 MiB tmpfs (a disk to fill) is not permitted here")
-    yield mount
-    subprocess.run(["umount", str(mount)])
-
-
 # Tensorstore's writes still in flight call back into the event loop orbax closed after the
 # first failure; Python reports those as unraisable (diffax.main sends them to the log file).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

@@ -1,6 +1,7 @@
 """Test setup: eight fake CPU devices, set before anything imports jax."""
 
 import os
+import subprocess
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -114,3 +115,24 @@ def latent_config(tiny_config, autoencoder_workdir):
         return config
 
     return make
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB file system to fill (a tmpfs), for the full-disk tests.
+
+    Only a real ENOSPC from the kernel shows what orbax and tensorstore do when a save runs out
+    of space (the error surfaces at the next save or wait, as text inside their exceptions); a
+    faked OSError would test our own guess of that. Mounting needs root (CI's containers and this
+    workplace have it): where it is refused the test is skipped with that reason, as issue 26
+    asks, rather than run against a fake.
+    """
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("mounting a 2 MiB tmpfs (a disk to fill) is not permitted here")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)

@@ -350,17 +350,10 @@ def test_tfds_dataset_not_prepared(tmp_path):
     _assert_one_sentence(done, "mnist", "not prepared", "tfds build")
 
 
-def test_full_disk_gets_one_sentence_and_leaves_no_partial_checkpoint(tmp_path, data_dir):
+def test_full_disk_gets_one_sentence_and_leaves_no_partial_checkpoint(small_disk, data_dir):
     """A 2 MiB disk: the first checkpoint (~2.5 MiB) of configs/tiny.py cannot be written."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)])
-    if mounted.returncode != 0:
-        pytest.skip("mounting a 2 MiB tmpfs (a disk to fill) is not permitted here")
-    try:
-        done = _run([f"--workdir={mount}", f"--config.data.data_dir={data_dir}"])
-        _assert_one_sentence(done, f"The disk holding {mount}/checkpoints is full", "step 2")
-        assert os.listdir(mount / "checkpoints") == []  # The partial save removed.
-        assert "Stopped: The disk holding" in open(mount / "diffax.INFO", errors="replace").read()
-    finally:
-        subprocess.run(["umount", str(mount)])
+    mount = small_disk
+    done = _run([f"--workdir={mount}", f"--config.data.data_dir={data_dir}"])
+    _assert_one_sentence(done, f"The disk holding {mount}/checkpoints is full", "step 2")
+    assert os.listdir(mount / "checkpoints") == []  # The partial save removed.
+    assert "Stopped: The disk holding" in open(mount / "diffax.INFO", errors="replace").read()
