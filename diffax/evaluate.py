@@ -16,12 +16,12 @@ from diffax import (
     build,
     evaluators,
     generate,
-    image_tasks,
     images,
     latents,
     restore,
     sample_files,
     sharding,
+    sr_and_inpainting,
     summaries,
     tasks,
 )
@@ -63,7 +63,7 @@ def save_sample_grid(
     latent autoencoder when there is one; an image-conditioned model shows 10 eval-split inputs,
     its outputs and the originals instead."""
     if build.is_super_resolution(config) or build.is_inpainting(config):
-        _, _, figures = image_tasks.run_on_eval_split(config, generator, params, seed, 10)
+        _, _, figures = sr_and_inpainting.run_on_eval_split(config, generator, params, seed, 10)
         return sample_files.save_samples(
             config, workdir, name, figures["grid"], columns=figures["grid_columns"]
         )
@@ -127,11 +127,13 @@ def sample_checkpoint(
         config, model, process, mesh, num_samples=num_samples, classifier=classifier, prompt=prompt
     )
     if build.is_super_resolution(config):
-        return image_tasks.sample_super_resolution(
+        return sr_and_inpainting.sample_super_resolution(
             config, workdir, generator, params, step, num_samples
         )
     if build.is_inpainting(config) or config.inpainting.repaint:
-        return image_tasks.sample_inpainting(config, workdir, generator, params, step, num_samples)
+        return sr_and_inpainting.sample_inpainting(
+            config, workdir, generator, params, step, num_samples
+        )
     frames = config.eval.chain_frames
     samples, chain = generator.generate_with_chain(params, num_samples, step + 1, frames)
     latent = latents.load(config, mesh) if build.is_latent(config) else None

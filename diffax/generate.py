@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from diffax import diffusion, models, sampling, schedules, sharding, solvers
+from diffax import classifier_guidance, diffusion, models, sampling, schedules, sharding, solvers
 from diffax.datasets import captions
 from diffax.models import text_encoder
 
@@ -275,12 +275,12 @@ class Generator:
             )
         guidance_fn, scale = None, 0.0
         if self.classifier_model is not None and ev.classifier_scale:
-            from diffax import classifier
-
             guidance_fn = models.guidance_fn(self.classifier_model, classifier_params, labels)
             scale = ev.classifier_scale
             if ev.sampler == "ddim":  # The eps shift (Dhariwal & Nichol, Algorithm 2).
-                model_fn = classifier.guided_model_fn(model_fn, guidance_fn, self.process, scale)
+                model_fn = classifier_guidance.guided_model_fn(
+                    model_fn, guidance_fn, self.process, scale
+                )
         if grid is not None:
             denoise_fn = solvers.denoiser(
                 model_fn,

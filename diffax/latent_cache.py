@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from diffax import autoencoder, input_pipeline, sharding
+from diffax import autoencoder_losses, input_pipeline, sharding
 from diffax.datasets import captions
 from diffax.latents import LatentSpace
 
@@ -237,7 +237,7 @@ def train_iterator(
         eps = np.random.default_rng([seed, index, 1 << 32, batch]).standard_normal(
             mean.shape, np.float32
         )
-        z = autoencoder.normalize_latents(mean + np.exp(0.5 * logvar) * eps, scale, shift)
+        z = autoencoder_losses.normalize_latents(mean + np.exp(0.5 * logvar) * eps, scale, shift)
         out = {"image": z.astype(np.float32), "label": np.asarray(cached.label[chosen], np.int32)}
         if table is not None:
             if fixed is None:
@@ -277,7 +277,9 @@ def eval_iterator(
         image = np.zeros((batch_size, *cached.mean.shape[1:]), np.float32)
         label = np.zeros((batch_size,), np.int32)
         mask = np.zeros((batch_size,), np.float32)
-        image[:n] = autoencoder.normalize_latents(np.asarray(cached.mean[chosen]), scale, shift)
+        image[:n] = autoencoder_losses.normalize_latents(
+            np.asarray(cached.mean[chosen]), scale, shift
+        )
         label[:n] = cached.label[chosen]
         mask[:n] = 1.0
         yield {"image": image, "label": label, "mask": mask}

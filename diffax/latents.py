@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from diffax import autoencoder, build, checkpointing, restore, sharding, tasks
+from diffax import autoencoder_losses, build, checkpointing, restore, sharding, tasks
 from diffax.models.autoencoder import AutoencoderKL
 
 # The autoencoder of Stable Diffusion (and of DiT, Peebles & Xie 2023 sec. 3.1): f = 8, 4 latent
@@ -91,7 +91,7 @@ def _encode(model: AutoencoderKL, params: Any, images: jax.Array):
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _decode(model: AutoencoderKL, params: Any, z: jax.Array, scale: Any, shift: Any):
-    latents = autoencoder.denormalize_latents(
+    latents = autoencoder_losses.denormalize_latents(
         z, jnp.asarray(scale, jnp.float32), jnp.asarray(shift, jnp.float32)
     )
     images = model.apply({"params": params}, latents, method=model.decode)

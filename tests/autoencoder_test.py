@@ -1,4 +1,5 @@
-"""Tests for diffax.autoencoder and diffax.models.autoencoder: shapes, KL, scale, training."""
+"""Tests for diffax.autoencoder_losses and diffax.models.autoencoder: shapes, KL, scale,
+training."""
 
 import functools
 
@@ -13,7 +14,7 @@ from absl.testing import parameterized
 from sklearn.datasets import load_digits
 
 from configs import digits_autoencoder, digits_autoencoder_gan
-from diffax import autoencoder, evaluate, latents, sharding, train
+from diffax import autoencoder_losses, evaluate, latents, sharding, train
 from diffax.models import count_params
 from diffax.models.autoencoder import AutoencoderKL, PatchDiscriminator
 from diffax.tasks import autoencoder as autoencoder_task
@@ -60,7 +61,7 @@ class KlTest(parameterized.TestCase):
         rng = np.random.default_rng(0)
         mean = rng.normal(size=(3, 2, 2, 4)).astype(np.float32)
         logvar = rng.normal(size=(3, 2, 2, 4)).astype(np.float32)
-        kl = self.variant(autoencoder.kl_to_standard_normal)(mean, logvar)
+        kl = self.variant(autoencoder_losses.kl_to_standard_normal)(mean, logvar)
         m, lv = mean.astype(np.float64), logvar.astype(np.float64)
         expected = 0.5 * np.sum(m**2 + np.exp(lv) - 1.0 - lv, axis=(1, 2, 3))
         chex.assert_shape(kl, (3,))
@@ -71,7 +72,7 @@ class KlTest(parameterized.TestCase):
         rng = np.random.default_rng(1)
         x, x_hat = rng.uniform(-1, 1, size=(2, 2, 4, 4, 3)).astype(np.float32)
         mean, logvar = rng.normal(size=(2, 2, 1, 1, 4)).astype(np.float32)
-        terms = self.variant(autoencoder.autoencoder_loss, static_argnames="kind")(
+        terms = self.variant(autoencoder_losses.autoencoder_loss, static_argnames="kind")(
             x, x_hat, mean, logvar, kl_weight=0.5, kind="l2"
         )
         np.testing.assert_allclose(terms["rec"], np.sum((x - x_hat) ** 2, axis=(1, 2, 3)), 1e-5)
@@ -86,17 +87,17 @@ def test_kl_matches_monte_carlo():
     # log q(z) - log p(z) for diagonal Gaussians, summed over the latent dimensions.
     log_ratio = jnp.sum(-0.5 * logvar - 0.5 * eps**2 + 0.5 * z**2, axis=-1)  # [S, B]
     estimate, stderr = jnp.mean(log_ratio, 0), jnp.std(log_ratio, 0) / np.sqrt(eps.shape[0])
-    exact = autoencoder.kl_to_standard_normal(mean, logvar)
+    exact = autoencoder_losses.kl_to_standard_normal(mean, logvar)
     assert np.all(np.abs(estimate - exact) < 4 * stderr), (estimate, exact, stderr)
-    np.testing.assert_allclose(autoencoder.kl_to_standard_normal(0 * mean, 0 * logvar), 0.0)
+    np.testing.assert_allclose(autoencoder_losses.kl_to_standard_normal(0 * mean, 0 * logvar), 0.0)
 
 
 def test_reconstruction_loss_kinds():
     x, x_hat = jnp.zeros((2, 2, 2, 1)), jnp.full((2, 2, 2, 1), -0.5)
-    np.testing.assert_allclose(autoencoder.reconstruction_loss(x, x_hat, "l1"), [2.0, 2.0])
-    np.testing.assert_allclose(autoencoder.reconstruction_loss(x, x_hat, "l2"), [1.0, 1.0])
+    np.testing.assert_allclose(autoencoder_losses.reconstruction_loss(x, x_hat, "l1"), [2.0, 2.0])
+    np.testing.assert_allclose(autoencoder_losses.reconstruction_loss(x, x_hat, "l2"), [1.0, 1.0])
     with pytest.raises(ValueError, match="l1"):
-        autoencoder.reconstruction_loss(x, x_hat, "lpips")
+        autoencoder_losses.reconstruction_loss(x, x_hat, "lpips")
 
 
 def test_latent_stats_from_sums_standardise_all_elements_and_each_channel():
@@ -106,17 +107,17 @@ def test_latent_stats_from_sums_standardise_all_elements_and_each_channel():
     # Summed in two halves, as the evaluator sums batch by batch.
     halves = np.split(latents, 2)
     total, total_sq = sum(h.sum() for h in halves), sum(np.square(h).sum() for h in halves)
-    mean, scale = autoencoder.latent_stats(total, total_sq, latents.size)
+    mean, scale = autoencoder_losses.latent_stats(total, total_sq, latents.size)
     np.testing.assert_allclose(mean, latents.mean(), rtol=1e-10)
     np.testing.assert_allclose(scale, 1 / latents.std(), rtol=1e-10)
     sums = sum(h.sum((0, 1, 2)) for h in halves), sum(np.square(h).sum((0, 1, 2)) for h in halves)
-    shift, scale = autoencoder.latent_stats(*sums, latents.size / 3)
+    shift, scale = autoencoder_losses.latent_stats(*sums, latents.size / 3)
     np.testing.assert_allclose(shift, channel_mean, atol=0.1)
     np.testing.assert_allclose(scale, 1 / channel_std, rtol=0.05)
-    normalized = autoencoder.normalize_latents(latents, scale, shift)
+    normalized = autoencoder_losses.normalize_latents(latents, scale, shift)
     np.testing.assert_allclose(normalized.mean((0, 1, 2)), 0.0, atol=1e-10)
     np.testing.assert_allclose(normalized.std((0, 1, 2)), 1.0, rtol=1e-10)
-    restored = autoencoder.denormalize_latents(normalized, scale, shift)
+    restored = autoencoder_losses.denormalize_latents(normalized, scale, shift)
     np.testing.assert_allclose(restored, latents, atol=1e-10)
 
 
@@ -153,7 +154,7 @@ def test_training_improves_reconstruction_and_traces_once(tiny):
     def reconstruction_psnr(params):
         # decode(mean of q(z|x)): the deterministic reconstruction.
         x_hat, _, _ = model.apply({"params": params}, images, sample_posterior=False)
-        return jnp.mean(autoencoder.psnr(images, x_hat))
+        return jnp.mean(autoencoder_losses.psnr(images, x_hat))
 
     before = reconstruction_psnr(state.params)
 
@@ -209,7 +210,7 @@ def test_digits_config_gives_8x8x4_latents():
     mean, _ = jax.eval_shape(functools.partial(model.apply, method=model.encode), variables, x)
     chex.assert_shape(mean, (1, 8, 8, 4))
     assert config.model.name == "autoencoder_kl"
-    assert config.training.kl_weight == autoencoder.DEFAULT_KL_WEIGHT
+    assert config.training.kl_weight == autoencoder_losses.DEFAULT_KL_WEIGHT
 
 
 # --- The adversarial term ------------------------------------------------------------------------
@@ -229,13 +230,14 @@ def test_hinge_losses_and_adaptive_weight():
     fake = jnp.array([[-2.0, 0.0], [1.0, -0.5]])[:, :, None, None]
     # relu(1 - real) = [[0, .5], [2, 0]]; relu(1 + fake) = [[0, 1], [2, .5]].
     np.testing.assert_allclose(
-        autoencoder.hinge_discriminator_loss(real, fake), [0.5 * (0.25 + 0.5), 0.5 * (1 + 1.25)]
+        autoencoder_losses.hinge_discriminator_loss(real, fake),
+        [0.5 * (0.25 + 0.5), 0.5 * (1 + 1.25)],
     )
-    np.testing.assert_allclose(autoencoder.generator_adversarial_loss(fake), [1.0, -0.25])
+    np.testing.assert_allclose(autoencoder_losses.generator_adversarial_loss(fake), [1.0, -0.25])
     np.testing.assert_allclose(
-        autoencoder.adaptive_weight(jnp.array([3.0, 4.0]), jnp.array([0.0, 2.0])), 5 / 2.0001
+        autoencoder_losses.adaptive_weight(jnp.array([3.0, 4.0]), jnp.array([0.0, 2.0])), 5 / 2.0001
     )
-    assert autoencoder.adaptive_weight(jnp.ones(2), jnp.zeros(2)) == 1e4
+    assert autoencoder_losses.adaptive_weight(jnp.ones(2), jnp.zeros(2)) == 1e4
 
 
 class _ToyAutoencoder(nn.Module):

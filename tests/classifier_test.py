@@ -1,4 +1,5 @@
-"""Tests for diffax.classifier and diffax.models.classifier: the noisy classifier and guidance."""
+"""Tests for diffax.classifier_guidance and diffax.models.classifier: the noisy classifier and
+guidance."""
 
 import chex
 import flax.linen as nn
@@ -8,7 +9,16 @@ import numpy as np
 import pytest
 
 from configs import digits, digits_classifier, imagenet64_classifier
-from diffax import build, classifier, diffusion, models, sampling, schedules, solvers, tasks
+from diffax import (
+    build,
+    classifier_guidance,
+    diffusion,
+    models,
+    sampling,
+    schedules,
+    solvers,
+    tasks,
+)
 from diffax import timestep_sampler as timestep_sampler_lib
 from diffax.diffusion import GaussianDiffusion
 from diffax.models import count_params
@@ -289,7 +299,7 @@ def test_guided_ddim_with_exact_models_samples_the_class_conditional():
     label = 2
     model = GaussianBayesClassifier(d, MUS, STDS, PRIORS)
     guide = models.guidance_fn(model, {}, jnp.full((4000,), label))
-    guided = classifier.guided_model_fn(_mixture_eps(d), guide, d, 1.0)
+    guided = classifier_guidance.guided_model_fn(_mixture_eps(d), guide, d, 1.0)
     run = jax.jit(lambda key: sampling.ddim_sample(d, guided, (4000, 1, 1, 1), key, eta=0.0,
                                                    clip_denoised=False)["sample"])  # fmt: skip
     samples = np.asarray(run(jax.random.key(0))).ravel()
@@ -323,12 +333,12 @@ def test_guided_model_fn_shifts_eps_by_scaled_gradient(var_type):
     x = jax.random.normal(jax.random.key(3), (4, 4, 4, 2))
     t = jnp.array([0, 5, 12, 19])
     unguided = model_fn(x, t)
-    same = classifier.guided_model_fn(model_fn, _toy_guidance, d, 0)
+    same = classifier_guidance.guided_model_fn(model_fn, _toy_guidance, d, 0)
     np.testing.assert_array_equal(same(x, t), unguided)  # Python 0: the unguided function
-    np.testing.assert_array_equal(classifier.guided_model_fn(model_fn, _toy_guidance, d, 0.0)(x, t),
-                                  unguided)  # fmt: skip
+    zero = classifier_guidance.guided_model_fn(model_fn, _toy_guidance, d, 0.0)
+    np.testing.assert_array_equal(zero(x, t), unguided)
     scale = 2.5
-    guided = classifier.guided_model_fn(model_fn, _toy_guidance, d, scale)(x, t)
+    guided = classifier_guidance.guided_model_fn(model_fn, _toy_guidance, d, scale)(x, t)
     chex.assert_shape(guided, unguided.shape)
     sigma = d.sqrt_one_minus_alphas_cumprod[t].reshape(-1, 1, 1, 1)
     expected = unguided[..., :2] - scale * sigma * _toy_guidance(x, t)
@@ -344,7 +354,9 @@ def test_guided_model_fn_on_a_respaced_process_uses_original_noise_levels():
     model_t = respaced.timestep_map[jnp.array([1, 3])]  # what a sampler on `respaced` passes
     model_fn = _model_for(d)
     for process in (d, respaced):  # the training process or the one being sampled
-        guided = classifier.guided_model_fn(model_fn, _toy_guidance, process, 1.5)(x, model_t)
+        guided = classifier_guidance.guided_model_fn(model_fn, _toy_guidance, process, 1.5)(
+            x, model_t
+        )
         sigma = d.sqrt_one_minus_alphas_cumprod[model_t].reshape(-1, 1, 1, 1)
         expected = model_fn(x, model_t) - 1.5 * sigma * _toy_guidance(x, model_t)
         np.testing.assert_allclose(guided, expected, rtol=1e-5, atol=1e-5)
@@ -364,7 +376,7 @@ def test_guided_model_fn_x0_and_v_imply_the_shifted_eps(mean_type):
             return (x - alpha * output) / sigma
         return sigma * x + alpha * output  # v
 
-    guided = classifier.guided_model_fn(model_fn, _toy_guidance, d, 2.0)(x, t)
+    guided = classifier_guidance.guided_model_fn(model_fn, _toy_guidance, d, 2.0)(x, t)
     expected = implied_eps(model_fn(x, t)) - 2.0 * sigma * _toy_guidance(x, t)
     np.testing.assert_allclose(implied_eps(guided), expected, rtol=1e-4, atol=1e-4)
 
@@ -378,7 +390,7 @@ def test_guided_model_fn_agrees_with_the_solvers_guidance_argument():
     by_argument = solvers.denoiser(
         model_fn, grid, "eps", False, guidance_fn=_toy_guidance, guidance_scale=scale
     )
-    wrapped = classifier.guided_model_fn(model_fn, _toy_guidance, d, scale)
+    wrapped = classifier_guidance.guided_model_fn(model_fn, _toy_guidance, d, scale)
     by_wrapper = solvers.denoiser(wrapped, grid, "eps", False)
     for i in range(grid.num_steps):
         for a, b in zip(by_argument(x, i), by_wrapper(x, i), strict=True):
@@ -421,7 +433,7 @@ def test_eps_shift_moves_the_ddpm_mean_by_beta_over_sqrt_alpha_not_sigma():
     noise = jnp.zeros_like(x)
     t = jnp.array([1, 8, 19])
     scale = 1.5
-    guided = classifier.guided_model_fn(model_fn, _toy_guidance, d, scale)
+    guided = classifier_guidance.guided_model_fn(model_fn, _toy_guidance, d, scale)
     moved = sampling.p_sample(d, guided, x, t, noise, clip_denoised=False)["sample"]
     base = sampling.p_sample(d, model_fn, x, t, noise, clip_denoised=False)["sample"]
     beta = d.betas[t].reshape(-1, 1, 1, 1)
@@ -462,7 +474,7 @@ def test_train_step_learns_two_classes_and_traces_once():
     @jax.jit
     def evaluate(params):
         logits_fn = lambda x, t: model.apply({"params": params}, x, t)
-        terms = classifier.classifier_loss(
+        terms = classifier_guidance.classifier_loss(
             d, logits_fn, eval_batch["image"], eval_batch["label"], eval_t, eval_noise
         )
         return jnp.mean(terms["loss"]), jnp.mean(terms["accuracy"])
@@ -496,7 +508,7 @@ def test_classifier_loss_is_cross_entropy_at_the_mapped_timestep():
     x0 = jax.random.normal(jax.random.key(10), (4, 2, 2, 1))
     noise = jax.random.normal(jax.random.key(11), x0.shape)
     t, labels = jnp.array([0, 1, 2, 1]), jnp.array([0, 1, 1, 0])
-    terms = classifier.classifier_loss(d, logits_fn, x0, labels, t, noise)
+    terms = classifier_guidance.classifier_loss(d, logits_fn, x0, labels, t, noise)
     np.testing.assert_array_equal(seen["t"], jnp.array([0, 7, 19, 7]))
     chex.assert_trees_all_close(seen["x_t"], diffusion.q_sample(d, x0, t, noise))
     logits = np.asarray(logits_fn(seen["x_t"], seen["t"]), np.float64)

@@ -136,7 +136,7 @@ def test_per_channel_normalise_then_decode_is_decode_of_the_raw_latent(
 ):
     from conftest import make_autoencoder_workdir
 
-    from diffax import autoencoder
+    from diffax import autoencoder_losses
 
     shift, scale = [0.5, -1.0, 2.0, 0.0], [2.0, 0.5, 1.0, 3.0]
     make_autoencoder_workdir(tmp_path, data_dir, channel_stats=(shift, scale))
@@ -148,7 +148,7 @@ def test_per_channel_normalise_then_decode_is_decode_of_the_raw_latent(
     np.testing.assert_array_equal(latent.scale, scale)
     images = jax.random.uniform(jax.random.key(0), (8, 16, 16, 1), minval=-1.0, maxval=1.0)
     mean, _ = latent.encode(images)
-    z = autoencoder.normalize_latents(mean, latent.scale, latent.shift)
+    z = autoencoder_losses.normalize_latents(mean, latent.scale, latent.shift)
     raw = latent.model.apply({"params": latent.params}, mean, method=latent.model.decode)
     np.testing.assert_allclose(
         latent.decode(np.asarray(z), 8), np.clip(np.asarray(raw), -1, 1), atol=1e-5

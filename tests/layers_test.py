@@ -17,7 +17,7 @@ LAYERS = [
     (
         "math",
         "__init__ schedules distributions diffusion continuous sampling solvers timestep_sampler "
-        "classifier super_resolution inpainting ode_likelihood autoencoder",
+        "classifier_guidance super_resolution inpainting ode_likelihood autoencoder_losses",
     ),
     ("models", "models"),
     (
@@ -29,7 +29,7 @@ LAYERS = [
     ),
     ("builders", "build generate"),
     ("tasks", "tasks"),
-    ("evaluation support", "restore latents latent_cache sample_files image_tasks"),
+    ("evaluation support", "restore latents latent_cache sample_files sr_and_inpainting"),
     ("evaluators", "evaluators"),
     ("jobs", "train evaluate validation main"),
     ("tools", "tools"),

@@ -5,7 +5,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diffax import classifier, models, sharding
+from diffax import classifier_guidance, models, sharding
 from diffax.evaluators import common
 
 
@@ -23,7 +23,7 @@ def evaluate(context: common.Context) -> dict[str, Any]:
             t = jnp.full(batch["label"].shape, t_value, jnp.int32)
             noise = jax.random.normal(jax.random.fold_in(key, t_value), batch["image"].shape)
             logits_fn = models.model_fn(model, params)
-            terms = classifier.classifier_loss(
+            terms = classifier_guidance.classifier_loss(
                 process, logits_fn, batch["image"], batch["label"], t, noise
             )
             out[t_value] = jnp.sum(terms["accuracy"] * batch["mask"])

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from diffax import autoencoder, build, images, sharding
+from diffax import autoencoder_losses, build, images, sharding
 from diffax.evaluators import common
 
 
@@ -29,11 +29,11 @@ def evaluate(context: common.Context) -> dict[str, Any]:
         mean, logvar = model.apply({"params": params}, x, method=model.encode)
         x_hat = model.apply({"params": params}, mean, method=model.decode)
         mask = batch["mask"]
-        rec = autoencoder.reconstruction_loss(x, x_hat, config.training.reconstruction_loss)
+        rec = autoencoder_losses.reconstruction_loss(x, x_hat, config.training.reconstruction_loss)
         out = {
-            "psnr": jnp.sum(autoencoder.psnr(x, x_hat) * mask),
+            "psnr": jnp.sum(autoencoder_losses.psnr(x, x_hat) * mask),
             "rec": jnp.sum(rec * mask),
-            "kl": jnp.sum(autoencoder.kl_to_standard_normal(mean, logvar) * mask),
+            "kl": jnp.sum(autoencoder_losses.kl_to_standard_normal(mean, logvar) * mask),
             "z_sum": jnp.sum(mean * mask[:, None, None, None]),
             "z_sq": jnp.sum(jnp.square(mean) * mask[:, None, None, None]),
             # Per channel [z]: latent.normalization="per_channel" (diffax.latents).
@@ -56,9 +56,9 @@ def evaluate(context: common.Context) -> dict[str, Any]:
             {"params": params}, jnp.zeros((1, *build.image_shape(config))), method=model.encode
         )[0].shape[1:]
     )
-    z_mean, z_scale = autoencoder.latent_stats(totals["z_sum"], totals["z_sq"], latent_size)
+    z_mean, z_scale = autoencoder_losses.latent_stats(totals["z_sum"], totals["z_sq"], latent_size)
     channel_size = latent_size / totals["zc_sum"].shape[0]
-    channel_mean, channel_scale = autoencoder.latent_stats(
+    channel_mean, channel_scale = autoencoder_losses.latent_stats(
         totals["zc_sum"], totals["zc_sq"], channel_size
     )
     results: dict[str, Any] = dict(

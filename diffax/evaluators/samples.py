@@ -7,10 +7,10 @@ from typing import Any
 from diffax import (
     build,
     generate,
-    image_tasks,
     input_pipeline,
     restore,
     sample_files,
+    sr_and_inpainting,
     text_embeddings,
 )
 from diffax.datasets import captions
@@ -32,7 +32,7 @@ def evaluate(context: common.Context) -> dict[str, Any]:
     image_task = build.is_super_resolution(config) or build.is_inpainting(config)
     if image_task:
         # Upsample or fill in the eval split's own images; labels are the true ones.
-        samples, labels, figures = image_tasks.run_on_eval_split(
+        samples, labels, figures = sr_and_inpainting.run_on_eval_split(
             config, generator, params, step, config.eval.num_samples
         )
         grid, grid_columns = figures.pop("grid"), figures.pop("grid_columns")

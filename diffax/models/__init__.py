@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from diffax.classifier import GuidanceFn, log_prob_grad_fn
+from diffax.classifier_guidance import GuidanceFn, log_prob_grad_fn
 from diffax.diffusion import ModelFn
 from diffax.models import text_encoder
 

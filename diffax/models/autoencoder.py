@@ -10,7 +10,7 @@ stage (the VQGAN/LDM autoencoder; Stable Diffusion's VAE is `block_out_channels=
 Parameter names mirror the diffusers `AutoencoderKL` state dict (`encoder/down_blocks_0/resnets_1/
 conv1` holds `encoder.down_blocks.0.resnets.1.conv1.*`), so `diffax.vae_weights` maps names one to
 one; the layer order was checked against that layout, nothing is copied from it. The loss and the
-latent scale are pure functions in `diffax.autoencoder`. Tensors are NHWC.
+latent scale are pure functions in `diffax.autoencoder_losses`. Tensors are NHWC.
 """
 
 import math
@@ -270,7 +270,7 @@ class AutoencoderKL(nn.Module):
     logvar), `model.apply({"params": p}, x, method=model.encode)` for (mean, logvar) and
     `model.apply({"params": p}, z, method=model.decode)` for images. Images are `[B, H, W,
     in_channels]` (usually in [-1, 1]) with H and W multiples of f; latents are unscaled (multiply
-    by the scale of `diffax.autoencoder.latent_stats` before diffusion).
+    by the scale of `diffax.autoencoder_losses.latent_stats` before diffusion).
     """
 
     in_channels: int = 3

@@ -74,9 +74,10 @@ class NoisyClassifier(nn.Module):
     network is label-conditioned. The classifier never reads y (the labels are its targets); `y`
     is accepted only so `diffax.models.model_fn`, which passes labels to any model whose
     num_classes > 0, can call it. So code that infers "class-conditional" from
-    `model.num_classes > 0` (the diffusion `train.train_step`'s label dropout) must not be used on
-    it: train it with `diffax.classifier.train_step`. With K > 0 always, `build.num_classes` is
-    0 for its config (`model.class_cond = False`), so it is initialised without labels.
+    `model.num_classes > 0` (the denoiser's label dropout) must not be used on
+    it: train it with `diffax.tasks.classifier.train_step`. With K > 0 always,
+    `build.num_classes` is 0 for its config (`model.class_cond = False`), so it is initialised
+    without labels.
     """
 
     num_classes: int  # K: logits, one per class of the data

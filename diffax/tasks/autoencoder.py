@@ -1,7 +1,7 @@
 """The latent-diffusion autoencoder (Rombach et al. 2022, sec. 3.1, appendix G): its train steps
 (with or without the PatchGAN discriminator), optimizer, parameters and evaluator.
 
-The losses are pure functions in `diffax.autoencoder`.
+The losses are pure functions in `diffax.autoencoder_losses`.
 """
 
 import functools
@@ -17,7 +17,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from diffax import autoencoder, build, config_checks
+from diffax import autoencoder_losses, build, config_checks
 from diffax.models import autoencoder as autoencoder_model
 from diffax.tasks import base
 from diffax.train_state import TrainState, update_metrics
@@ -73,7 +73,7 @@ def train_step(
     batch: dict[str, jax.Array],
     *,
     model: nn.Module,
-    kl_weight: float = autoencoder.DEFAULT_KL_WEIGHT,
+    kl_weight: float = autoencoder_losses.DEFAULT_KL_WEIGHT,
     reconstruction: str = "l1",
     perceptual_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     perceptual_weight: float = 1.0,
@@ -93,7 +93,7 @@ def train_step(
     def loss_fn(params):
         x_hat, mean, logvar = model.apply({"params": params}, images, key, sample_posterior=True)
         p = None if perceptual_fn is None else perceptual_fn(images, x_hat)
-        terms = autoencoder.autoencoder_loss(
+        terms = autoencoder_losses.autoencoder_loss(
             images, x_hat, mean, logvar, kl_weight, reconstruction, p, perceptual_weight
         )
         return jnp.mean(terms["loss"]), terms
@@ -131,7 +131,7 @@ def gan_train_step(
     *,
     model: nn.Module,
     discriminator: nn.Module,
-    kl_weight: float = autoencoder.DEFAULT_KL_WEIGHT,
+    kl_weight: float = autoencoder_losses.DEFAULT_KL_WEIGHT,
     disc_weight: float = 0.5,
     disc_start: int = 50_001,
     reconstruction: str = "l1",
@@ -163,7 +163,7 @@ def gan_train_step(
 
     def vae_loss(x_hat, mean, logvar):  # LDM's nll + kl: the perceptual term is in the ratio w.
         p = None if perceptual_fn is None else perceptual_fn(images, x_hat)
-        terms = autoencoder.autoencoder_loss(
+        terms = autoencoder_losses.autoencoder_loss(
             images, x_hat, mean, logvar, kl_weight, reconstruction, p, perceptual_weight
         )
         return jnp.mean(terms["loss"]), terms
@@ -172,21 +172,25 @@ def gan_train_step(
         x_hat, mean, logvar
     )
     g_loss, g_cotangent = jax.value_and_grad(
-        lambda x: jnp.mean(autoencoder.generator_adversarial_loss(discriminate(disc_params, x)))
+        lambda x: jnp.mean(
+            autoencoder_losses.generator_adversarial_loss(discriminate(disc_params, x))
+        )
     )(x_hat)
     # Two backward passes through the autoencoder; the gradient is linear in the cotangents.
     (vae_grads,) = backward(vae_cotangents)
     (adv_grads,) = backward((g_cotangent, jnp.zeros_like(mean), jnp.zeros_like(logvar)))
     at_last = lambda tree: flax.traverse_util.flatten_dict(tree)[last_layer]
     d_weight = jax.lax.stop_gradient(
-        disc_weight * autoencoder.adaptive_weight(at_last(vae_grads), at_last(adv_grads))
+        disc_weight * autoencoder_losses.adaptive_weight(at_last(vae_grads), at_last(adv_grads))
     )
     ae_grads = jax.tree.map(lambda v, a: v + factor * d_weight * a, vae_grads, adv_grads)
 
     def disc_loss(params):
         logits_real = discriminate(params, images)
         logits_fake = discriminate(params, jax.lax.stop_gradient(x_hat))
-        loss = factor * jnp.mean(autoencoder.hinge_discriminator_loss(logits_real, logits_fake))
+        loss = factor * jnp.mean(
+            autoencoder_losses.hinge_discriminator_loss(logits_real, logits_fake)
+        )
         return loss, (jnp.mean(logits_real), jnp.mean(logits_fake))
 
     (d_loss, (logits_real, logits_fake)), disc_grads = jax.value_and_grad(disc_loss, has_aux=True)(
@@ -230,7 +234,7 @@ class Autoencoder(base.Task):
         config_checks.choice(
             training.reconstruction_loss,
             "training.reconstruction_loss",
-            autoencoder.RECONSTRUCTION_KINDS,
+            autoencoder_losses.RECONSTRUCTION_KINDS,
         )
         config_checks.number(training.kl_weight, "training.kl_weight", 0.0, float("inf"))
         if is_gan(config):

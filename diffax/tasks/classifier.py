@@ -1,8 +1,9 @@
 """The noisy classifier of classifier guidance (Dhariwal & Nichol 2021, sec. 4): its train step,
 the kind's evaluator names and its parameters.
 
-The math (its loss, grad_x log p(y | x_t), the guided model_fn) is in `diffax.classifier`; the
-guidance function samplers take from a trained one is `models.guidance_fn`.
+The math (its loss, grad_x log p(y | x_t), the guided model_fn) is in
+`diffax.classifier_guidance`; the guidance function samplers take from a trained one is
+`models.guidance_fn`.
 """
 
 import functools
@@ -11,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffax import build, classifier, config_checks, models
+from diffax import build, classifier_guidance, config_checks, models
 from diffax import timestep_sampler as timestep_sampler_lib
 from diffax.diffusion import GaussianDiffusion
 from diffax.tasks import base, denoiser
@@ -40,7 +41,7 @@ def train_step(
 
     def loss_fn(params):
         logits_fn = models.model_fn(model, params, train=True, dropout_rng=dropout_key)
-        terms = classifier.classifier_loss(process, logits_fn, images, labels, t, noise)
+        terms = classifier_guidance.classifier_loss(process, logits_fn, images, labels, t, noise)
         return jnp.mean(terms["loss"]), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
