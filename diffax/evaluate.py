@@ -119,7 +119,7 @@ def sample_checkpoint(
     check_sample_mode(config, prompt)
     task = tasks.get(config)
     mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp)
-    classifier = restore.guidance_classifier(config, mesh)
+    classifier = restore.guidance_classifier(config.eval, config.diffusion, mesh)
     params, step = restore.restore_eval_params(config, workdir, mesh)
     num_samples = num_samples or config.eval.num_samples
     model, process = build.create_model(config), task.create_process(config)
@@ -142,7 +142,7 @@ def sample_checkpoint(
         if chain is not None:
             decoded = latent.decode(chain.reshape(-1, *chain.shape[2:]), generator.batch_size)
             chain = decoded.reshape(*chain.shape[:2], *decoded.shape[1:])
-    sample_files.check_finite(config, samples, "--mode=sample")
+    sample_files.check_finite(config.eval, samples, "--mode=sample")
     name = sample_files.sample_name(config, "samples", step, num_samples, prompt)
     name = sample_files.unused_name(workdir, name)
     path = sample_files.save_samples(

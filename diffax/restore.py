@@ -144,14 +144,14 @@ def workdir_config(workdir: str) -> dict | None:
 
 
 def restore_classifier(
-    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+    workdir: str, diffusion: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
 ) -> tuple[Any, Any]:
-    """Returns (noisy classifier model, its eval parameters) from eval.classifier_workdir.
+    """Returns (noisy classifier model, its eval parameters) from `workdir`
+    (eval.classifier_workdir).
 
     The classifier's own config is read from its checkpoint; its diffusion process must be the
-    sampled model's (the guidance is evaluated at the same timesteps).
+    sampled model's, `diffusion` (the guidance is evaluated at the same timesteps).
     """
-    workdir = config.eval.classifier_workdir
     saved = workdir_config(workdir)
     if saved is None:
         raise _no_classifier(workdir)
@@ -161,7 +161,7 @@ def restore_classifier(
             f"eval.classifier_workdir={workdir!r} holds a {classifier_config.model.name!r} "
             "model, not a noisy classifier."
         )
-    ours, theirs = config.diffusion, classifier_config.diffusion
+    ours, theirs = diffusion, classifier_config.diffusion
     for field in ("schedule", "num_timesteps"):
         if ours[field] != theirs[field]:
             raise ValueError(
@@ -172,6 +172,10 @@ def restore_classifier(
     return build.create_model(classifier_config), params
 
 
-def guidance_classifier(config: ml_collections.ConfigDict, mesh) -> tuple[Any, Any] | None:
-    """Returns (classifier model, params) when eval.classifier_scale asks for guidance."""
-    return restore_classifier(config, mesh) if config.eval.classifier_scale else None
+def guidance_classifier(
+    ev: ml_collections.ConfigDict, diffusion: ml_collections.ConfigDict, mesh
+) -> tuple[Any, Any] | None:
+    """Returns (classifier model, params) when `ev` (config.eval) asks for classifier guidance."""
+    if not ev.classifier_scale:
+        return None
+    return restore_classifier(ev.classifier_workdir, diffusion, mesh)

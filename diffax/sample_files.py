@@ -55,12 +55,11 @@ def unused_name(workdir: str, name: str) -> str:
     return candidate
 
 
-def check_finite(config: ml_collections.ConfigDict, samples: np.ndarray, what: str) -> None:
-    """Raises FloatingPointError in one sentence naming the sampling settings if any sample is not
-    finite: such samples are no result and are written nowhere."""
+def check_finite(ev: ml_collections.ConfigDict, samples: np.ndarray, what: str) -> None:
+    """Raises FloatingPointError in one sentence naming the sampling settings of `ev` (config.eval)
+    if any sample is not finite: such samples are no result and are written nowhere."""
     if np.all(np.isfinite(samples)):
         return
-    ev = config.eval
     settings = [f"eval.sampler={ev.sampler!r}", f"eval.sample_steps={ev.sample_steps}"]
     suspects = []
     for field in ("guidance_scale", "classifier_scale"):

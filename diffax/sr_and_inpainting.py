@@ -143,7 +143,7 @@ def sample_super_resolution(
     rows = []
     for i in range(0, len(low) - len(low) % columns, columns):
         rows += [inputs[i : i + columns], samples[i : i + columns]]
-    sample_files.check_finite(config, samples, "Super-resolution")
+    sample_files.check_finite(config.eval, samples, "Super-resolution")
     name = sample_files.sample_name(config, "super_resolution", step, len(low))
     name = sample_files.unused_name(workdir, name)
     path = sample_files.save_samples(config, workdir, name, np.concatenate(rows), columns=columns)
@@ -244,7 +244,7 @@ def sample_inpainting(
     """--mode=sample with inpainting: fills in eval_mask of num_samples eval-split images; writes
     the grid (masked inputs, samples, originals), the .npz, and logs the masked PSNR."""
     samples, labels, figures = inpaint(config, generator, params, step + 1, num_samples)
-    sample_files.check_finite(config, samples, "Inpainting")
+    sample_files.check_finite(config.eval, samples, "Inpainting")
     name = sample_files.unused_name(
         workdir, sample_files.sample_name(config, "inpainting", step, len(samples))
     )

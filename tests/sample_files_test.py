@@ -58,10 +58,10 @@ def test_non_finite_samples_name_the_sampling_settings(fields, blamed):
     config = tiny.get_config()
     config.eval.update(fields)
     samples = np.zeros((2, 8, 8, 1), np.float32)
-    sample_files.check_finite(config, samples, "--mode=sample")  # Finite: nothing to say.
+    sample_files.check_finite(config.eval, samples, "--mode=sample")  # Finite: nothing to say.
     samples[1, 3, 3, 0] = np.nan
     with pytest.raises(FloatingPointError) as error:
-        sample_files.check_finite(config, samples, "--mode=sample")
+        sample_files.check_finite(config.eval, samples, "--mode=sample")
     message = str(error.value)
     assert message.startswith("--mode=sample gave non-finite images with eval.sampler='ddpm'")
     assert blamed in message and message.endswith("Nothing was written.")

@@ -316,14 +316,15 @@ def test_a_noisy_classifier_trains_evaluates_and_guides_from_its_workdir(tiny_co
     assert 0.0 <= results["test/accuracy_t0"] <= 1.0
     # A diffusion model on the same process finds it through eval.classifier_workdir.
     sampled = tiny_config(**{"eval.classifier_scale": 1.0, "eval.classifier_workdir": workdir})
-    model, params = restore.restore_classifier(sampled, sharding.create_mesh())
+    mesh = sharding.create_mesh()
+    model, params = restore.guidance_classifier(sampled.eval, sampled.diffusion, mesh)
     assert model.num_classes == 10 and models.count_params(params) > 0
     sampled.diffusion.num_timesteps = 40
     with pytest.raises(ValueError, match="diffusion.num_timesteps=20"):
-        restore.restore_classifier(sampled, sharding.create_mesh())
+        restore.guidance_classifier(sampled.eval, sampled.diffusion, mesh)
     with pytest.raises(FileNotFoundError, match="eval.classifier_workdir"):
         sampled.eval.classifier_workdir = str(tmp_path / "nothing")
-        restore.restore_classifier(sampled, sharding.create_mesh())
+        restore.guidance_classifier(sampled.eval, sampled.diffusion, mesh)
 
 
 def test_an_autoencoder_trains_and_reports_psnr_and_its_latent_scale(tiny_config, tmp_path):

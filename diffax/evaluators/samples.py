@@ -27,7 +27,11 @@ def evaluate(context: common.Context) -> dict[str, Any]:
     latent = context.latent
     results: dict[str, Any] = {}
     generator = generate.Generator(
-        config, model, process, mesh, classifier=restore.guidance_classifier(config, mesh)
+        config,
+        model,
+        process,
+        mesh,
+        classifier=restore.guidance_classifier(config.eval, config.diffusion, mesh),
     )
     image_task = build.is_super_resolution(config) or build.is_inpainting(config)
     if image_task:
@@ -42,7 +46,7 @@ def evaluate(context: common.Context) -> dict[str, Any]:
         if latent is not None:
             samples = latent.decode(samples, generator.batch_size)
         labels = generator.labels(len(samples))
-    sample_files.check_finite(config, samples, f"Sampling at step {step}")
+    sample_files.check_finite(config.eval, samples, f"Sampling at step {step}")
     if image_task:
         kind = "super_resolution" if build.is_super_resolution(config) else "inpainting"
         results["samples_png"] = sample_files.save_samples(

@@ -116,7 +116,7 @@ def main(argv) -> None:
                 classifier_scale=scale,
                 classifier_workdir=flags.FLAGS.classifier_workdir,
             )
-            classifier = restore.restore_classifier(setting, mesh) if scale else None
+            classifier = restore.guidance_classifier(setting.eval, setting.diffusion, mesh)
             row = measure(setting, params, mesh, flags.FLAGS.num_samples, classifier)
             guided.append({"classifier_scale": scale, **row})
             print(json.dumps(guided[-1]), flush=True)
