@@ -152,6 +152,14 @@ def _open_source(data_config: ml_collections.ConfigDict) -> _TfdsSource | _Folde
     return _TfdsSource(builder)
 
 
+def check_available(data_config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError in one sentence if the data set is unknown, not prepared, an image folder
+    without images, or cannot give what the config asks; reads metadata and file names only and
+    writes nothing (the digits, written on first use, are checked by datasets.digits)."""
+    if data_config.dataset != "digits":
+        _check_source(data_config, _open_source(data_config))
+
+
 def _check_source(data_config: ml_collections.ConfigDict, source: Any) -> None:
     """Raises ValueError when the data set cannot give what the (validated) config asks for."""
     if data_config.dataset == "digits" and data_config.num_levels != digits_lib.NUM_LEVELS:

@@ -136,6 +136,10 @@ def _check_input(config, workdir: str) -> int:
 
         restore.require_checkpoints(workdir, config)
         restore.check_saved_config(config, workdir, FLAGS.allow_config_change)
+    if FLAGS.mode != "sample":  # Train and eval read the data: is it there? (imports TensorFlow)
+        from diffax import input_pipeline
+
+        input_pipeline.check_available(config.data)
     return cpus
 
 

@@ -336,6 +336,8 @@ def test_bad_image_folder_gets_one_sentence(tmp_path, kind, args, names):
         ]
     )
     _assert_one_sentence(done, *[n.replace("missing", folder) for n in names])
+    if kind in ("missing", "empty", "text-only"):  # Known from the file names: before any write.
+        assert not os.path.exists(tmp_path / "run")
 
 
 def test_tfds_dataset_not_prepared(tmp_path):
@@ -348,6 +350,7 @@ def test_tfds_dataset_not_prepared(tmp_path):
         ]
     )
     _assert_one_sentence(done, "mnist", "not prepared", "tfds build")
+    assert not os.path.exists(tmp_path / "run")  # Known from the metadata: nothing written.
 
 
 def test_full_disk_gets_one_sentence_and_leaves_no_partial_checkpoint(small_disk, data_dir):
