@@ -84,6 +84,22 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
     "noisy_classifier": _noisy_classifier,
     "autoencoder_kl": _autoencoder_kl,
 }
+# config.model.name -> (its section of config.model, the module's check of that section).
+SECTIONS: dict[str, tuple[str, Callable[[Any, str, int], None]]] = {
+    "unet": ("unet", unet.check_hyperparameters),
+    "dit": ("dit", dit.check_hyperparameters),
+    "noisy_classifier": ("classifier", unet.check_hyperparameters),  # ADM's U-Net encoder.
+    "autoencoder_kl": ("autoencoder", autoencoder_model.check_hyperparameters),
+}
+
+
+def check_backbone(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError in one sentence if config.model's section for model.name builds no
+    backbone for data.image_size images (the check is the backbone module's own)."""
+    section, check = SECTIONS[config.model.name]
+    check(config.model[section], f"model.{section}.", config.data.image_size)
+
+
 # Backbones that cross-attend to a context (model.text_cond).
 TEXT_BACKBONES = ("unet", "dit")
 

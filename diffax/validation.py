@@ -22,11 +22,9 @@ from diffax import (
 from diffax.config_checks import ConfigError
 from diffax.config_checks import choice as _choice
 from diffax.config_checks import count_or_all as _count_or_all
-from diffax.config_checks import int_tuple as _int_tuple
 from diffax.config_checks import number as _number
 from diffax.config_checks import positive_int as _positive_int
 from diffax.datasets import captions, digits, image_folder
-from diffax.models import dit, layers, unet
 
 DTYPES = ("float32", "bfloat16", "float16")
 # config.seed seeds jax.random.PRNGKey (which takes [-2**63, 2**63)), NumPy's SeedSequence of the
@@ -34,102 +32,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 SEED_LIMIT = 2**32
 # model.text.positions: the text encoder's position code (models.text_encoder.TextEncoder).
 TEXT_POSITIONS = ("learned", "none", "words")
-
-
-def _validate_unet(config: ml_collections.ConfigDict, part: str) -> None:
-    """Checks the U-Net section model.<part> ("unet", or "classifier": ADM's encoder half)."""
-    m, data, f = config.model[part], config.data, f"model.{part}."
-    _positive_int(m.ch, f + "ch")
-    _positive_int(m.num_res_blocks, f + "num_res_blocks")
-    mult = m.channel_mult
-    ok = isinstance(mult, (tuple, list)) and len(mult) > 0
-    ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in mult)
-    if not ok or not all(c > 0 and float(m.ch * c).is_integer() for c in mult):
-        raise ConfigError(
-            f"{f}channel_mult={mult!r} must be a tuple of positive multipliers giving whole "
-            f"channel counts with {f}ch={m.ch}."
-        )
-    mult = tuple(mult)
-    widths = sorted({int(m.ch * c) for c in mult})
-    _int_tuple(m.attention_resolutions, f + "attention_resolutions", allow_empty=True)
-    _positive_int(m.num_heads, f + "num_heads")
-    if not (isinstance(m.num_head_channels, int) and not isinstance(m.num_head_channels, bool)):
-        raise ConfigError(
-            f"{f}num_head_channels={m.num_head_channels!r} must be a positive integer or -1."
-        )
-    if m.num_head_channels < 1 and m.num_head_channels != -1:
-        raise ConfigError(
-            f"{f}num_head_channels={m.num_head_channels!r} must be a positive integer or -1."
-        )
-    _number(m.dropout, f + "dropout", 0.0, 1.0, high_open=True)
-    bad_widths = [w for w in widths if w % layers.NUM_GROUPS]
-    if bad_widths:
-        raise ConfigError(
-            f"{f}ch={m.ch} with {f}channel_mult={mult!r} gives widths {bad_widths} that "
-            f"GroupNorm's {layers.NUM_GROUPS} groups cannot split; use multiples of "
-            f"{layers.NUM_GROUPS}."
-        )
-    factor = 2 ** (len(mult) - 1)
-    if data.image_size % factor:
-        raise ConfigError(
-            f"data.image_size={data.image_size} must be divisible by {factor}, the U-Net's "
-            f"downsampling for {f}channel_mult={mult!r} (use a size divisible by {factor} "
-            "or fewer levels)."
-        )
-    reachable = unet.reachable_resolutions(data.image_size, len(mult))
-    for res in tuple(m.attention_resolutions):
-        if res not in reachable:
-            raise ConfigError(
-                f"{f}attention_resolutions contains {res}, which the U-Net never reaches; "
-                f"its resolutions are {reachable}."
-            )
-    for width in widths:
-        try:
-            layers.attention_heads(width, m.num_heads, m.num_head_channels)
-        except ValueError as e:
-            field = f + ("num_head_channels" if m.num_head_channels > 0 else "num_heads")
-            raise ConfigError(
-                f"{field}: {e} (the level widths are {widths}); pick a value dividing each."
-            ) from None
-
-
-def _validate_dit(config: ml_collections.ConfigDict) -> None:
-    m, data = config.model.dit, config.data
-    _positive_int(m.patch_size, "model.dit.patch_size")
-    _positive_int(m.hidden_size, "model.dit.hidden_size")
-    _positive_int(m.num_heads, "model.dit.num_heads")
-    _positive_int(m.depth, "model.dit.depth")
-    try:
-        dit.check_patch_size(m.patch_size, data.image_size, data.image_size)
-        dit.check_hidden_size(m.hidden_size, m.num_heads)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    _number(m.mlp_ratio, "model.dit.mlp_ratio", 0.0, float("inf"), high_open=True)
-    if int(m.hidden_size * m.mlp_ratio) < 1:
-        raise ConfigError(
-            f"model.dit.mlp_ratio={m.mlp_ratio} must give an MLP at least 1 unit wide."
-        )
-
-
-def _validate_autoencoder(config: ml_collections.ConfigDict) -> None:
-    """Checks the KL autoencoder's fields (model.autoencoder); its loss fields are its task's."""
-    m, data, f = config.model.autoencoder, config.data, "model.autoencoder."
-    widths = _int_tuple(m.block_out_channels, f + "block_out_channels", allow_empty=False)
-    _positive_int(m.layers_per_block, f + "layers_per_block")
-    _positive_int(m.z_channels, f + "z_channels")
-    _positive_int(m.norm_num_groups, f + "norm_num_groups")
-    bad = [w for w in widths if w % m.norm_num_groups]
-    if bad:
-        raise ConfigError(
-            f"{f}norm_num_groups={m.norm_num_groups} must divide every width of "
-            f"{f}block_out_channels={widths} ({bad} are not multiples)."
-        )
-    factor = 2 ** (len(widths) - 1)
-    if data.image_size % factor:
-        raise ConfigError(
-            f"data.image_size={data.image_size} must be divisible by {factor}, the autoencoder's "
-            f"downsampling for {f}block_out_channels={widths}."
-        )
 
 
 def _validate_autoencoder_loss(config: ml_collections.ConfigDict) -> None:
@@ -148,14 +50,7 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     m, data = config.model, config.data
     _choice(m.name, "model.name", tuple(build.MODELS))
     config_checks.check_no_moved_fields(m, m.name)
-    if m.name == "unet":
-        _validate_unet(config, "unet")
-    elif m.name == "noisy_classifier":
-        _validate_unet(config, "classifier")
-    elif m.name == "dit":
-        _validate_dit(config)
-    elif m.name == "autoencoder_kl":
-        _validate_autoencoder(config)
+    build.check_backbone(config)
     _choice(m.dtype, "model.dtype", DTYPES)
     if not isinstance(m.class_cond, bool):
         raise ConfigError(f"model.class_cond={m.class_cond!r} must be True or False.")

@@ -14,6 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "diffax"
 # Lowest first; a module may import its own layer and those below. Names are dotted paths under
 # diffax; a package name covers its modules.
 LAYERS = [
+    ("config fields", "config_checks"),
     (
         "math",
         "__init__ schedules distributions diffusion continuous sampling solvers timestep_sampler "
@@ -24,7 +25,7 @@ LAYERS = [
         "data and state",
         "train_state sharding checkpointing checksums compilation_cache preemption distributed "
         "cpu_devices workdir_lock console "
-        "flag_errors config_checks images summaries vae_weights text_embeddings datasets "
+        "flag_errors images summaries vae_weights text_embeddings datasets "
         "input_pipeline metrics",
     ),
     ("builders", "build generate"),

@@ -14,12 +14,14 @@ latent scale are pure functions in `diffax.autoencoder_losses`. Tensors are NHWC
 """
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffax.config_checks import ConfigError, int_tuple, positive_int
 from diffax.models.layers import upsample_nearest
 
 Dtype = Any
@@ -381,3 +383,24 @@ class PatchDiscriminator(nn.Module):
             h = nn.leaky_relu(_group_norm(h, min(self.norm_num_groups, width), f"norm_{n}"), 0.2)
         logits = nn.Conv(1, (4, 4), (1, 1), pad, dtype=self.dtype, name="conv_out")(h)
         return logits.astype(jnp.float32)
+
+
+def check_hyperparameters(hp: Mapping[str, Any], field: str, image_size: int) -> None:
+    """Raises ConfigError in one sentence naming the field (`field`: the section's prefix,
+    "model.autoencoder.") if `hp` builds no KL autoencoder for image_size images."""
+    widths = int_tuple(hp["block_out_channels"], field + "block_out_channels", allow_empty=False)
+    for name in ("layers_per_block", "z_channels", "norm_num_groups"):
+        positive_int(hp[name], field + name)
+    groups = hp["norm_num_groups"]
+    bad = [w for w in widths if w % groups]
+    if bad:
+        raise ConfigError(
+            f"{field}norm_num_groups={groups} must divide every width of "
+            f"{field}block_out_channels={widths} ({bad} are not multiples)."
+        )
+    factor = 2 ** (len(widths) - 1)
+    if image_size % factor:
+        raise ConfigError(
+            f"data.image_size={image_size} must be divisible by {factor}, the autoencoder's "
+            f"downsampling for {field}block_out_channels={widths}."
+        )

@@ -11,6 +11,7 @@ layer at zero (section 3.2), so each block starts as the identity and a fresh mo
 Tensors are NHWC; tokens are `[B, L, D]` in row-major patch order.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffax.config_checks import ConfigError, number, positive_int
 from diffax.models.cross_attention import MultiHeadAttention, pooled_context
 from diffax.models.layers import LevelEmbedding, check_image_cond_inputs, timestep_embedding
 
@@ -58,6 +60,23 @@ def check_hidden_size(hidden_size: int, num_heads: int) -> None:
         raise ValueError(
             f"model.dit.hidden_size={hidden_size} must be a multiple of 4 for the 2-D sine-cosine "
             "position embedding."
+        )
+
+
+def check_hyperparameters(hp: Mapping[str, Any], field: str, image_size: int) -> None:
+    """Raises ConfigError in one sentence naming the field (`field`: the section's prefix,
+    "model.dit.") if the DiT hyperparameters `hp` build no DiT for image_size images."""
+    for name in ("patch_size", "hidden_size", "num_heads", "depth"):
+        positive_int(hp[name], field + name)
+    try:
+        check_patch_size(hp["patch_size"], image_size, image_size)
+        check_hidden_size(hp["hidden_size"], hp["num_heads"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    number(hp["mlp_ratio"], field + "mlp_ratio", 0.0, float("inf"), high_open=True)
+    if int(hp["hidden_size"] * hp["mlp_ratio"]) < 1:
+        raise ConfigError(
+            f"{field}mlp_ratio={hp['mlp_ratio']} must give an MLP at least 1 unit wide."
         )
 
 

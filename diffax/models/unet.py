@@ -6,19 +6,23 @@ DDPM CIFAR-10 network (35.7M parameters); the ADM options are `num_head_channels
 `resblock_updown`, `use_scale_shift_norm` and more attention resolutions. Tensors are NHWC.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffax.config_checks import ConfigError, int_tuple, number, positive_int
 from diffax.models.cross_attention import SpatialTransformer, pooled_context
 from diffax.models.layers import (
+    NUM_GROUPS,
     AttentionBlock,
     Downsample,
     LevelEmbedding,
     ResBlock,
     Upsample,
+    attention_heads,
     check_image_cond_inputs,
     conv,
     fourier_features,
@@ -30,6 +34,62 @@ from diffax.models.layers import (
 def reachable_resolutions(height: int, num_levels: int) -> tuple[int, ...]:
     """Returns the feature-map heights `H, H/2, ..., H/2**(num_levels-1)` the U-Net visits."""
     return tuple(height // 2**level for level in range(num_levels))
+
+
+def check_hyperparameters(hp: Mapping[str, Any], field: str, image_size: int) -> None:
+    """Raises ConfigError in one sentence naming the field (`field`: the section's prefix, e.g.
+    "model.unet.") if the U-Net hyperparameters `hp` build no U-Net for image_size images."""
+    f = field
+    positive_int(hp["ch"], f + "ch")
+    positive_int(hp["num_res_blocks"], f + "num_res_blocks")
+    ch, mult = hp["ch"], hp["channel_mult"]
+    ok = isinstance(mult, (tuple, list)) and len(mult) > 0
+    ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in mult)
+    if not ok or not all(c > 0 and float(ch * c).is_integer() for c in mult):
+        raise ConfigError(
+            f"{f}channel_mult={mult!r} must be a tuple of positive multipliers giving whole "
+            f"channel counts with {f}ch={ch}."
+        )
+    mult = tuple(mult)
+    widths = sorted({int(ch * c) for c in mult})
+    int_tuple(hp["attention_resolutions"], f + "attention_resolutions", allow_empty=True)
+    positive_int(hp["num_heads"], f + "num_heads")
+    head_channels = hp["num_head_channels"]
+    if not (isinstance(head_channels, int) and not isinstance(head_channels, bool)) or (
+        head_channels < 1 and head_channels != -1
+    ):
+        raise ConfigError(
+            f"{f}num_head_channels={head_channels!r} must be a positive integer or -1."
+        )
+    number(hp["dropout"], f + "dropout", 0.0, 1.0, high_open=True)
+    bad_widths = [w for w in widths if w % NUM_GROUPS]
+    if bad_widths:
+        raise ConfigError(
+            f"{f}ch={ch} with {f}channel_mult={mult!r} gives widths {bad_widths} that "
+            f"GroupNorm's {NUM_GROUPS} groups cannot split; use multiples of {NUM_GROUPS}."
+        )
+    factor = 2 ** (len(mult) - 1)
+    if image_size % factor:
+        raise ConfigError(
+            f"data.image_size={image_size} must be divisible by {factor}, the U-Net's "
+            f"downsampling for {f}channel_mult={mult!r} (use a size divisible by {factor} "
+            "or fewer levels)."
+        )
+    reachable = reachable_resolutions(image_size, len(mult))
+    for res in tuple(hp["attention_resolutions"]):
+        if res not in reachable:
+            raise ConfigError(
+                f"{f}attention_resolutions contains {res}, which the U-Net never reaches; "
+                f"its resolutions are {reachable}."
+            )
+    for width in widths:
+        try:
+            attention_heads(width, hp["num_heads"], head_channels)
+        except ValueError as e:
+            name = f + ("num_head_channels" if head_channels > 0 else "num_heads")
+            raise ConfigError(
+                f"{name}: {e} (the level widths are {widths}); pick a value dividing each."
+            ) from None
 
 
 class UNet(nn.Module):
