@@ -242,6 +242,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Classifier-free guidance w: 0 samples the conditional model, -1 the unconditional one (the
     # null class), w > 0 guides as (1 + w) cond - w uncond (Ho & Salimans 2022).
     ev.guidance_scale = 0.0
+    ev.guidance_channels = 0  # Guide only the first k mean channels (DiT's code: 3); 0 guides all.
     ev.classifier_scale = 0.0  # Classifier guidance s (Dhariwal & Nichol 2021); 0 is off.
     ev.classifier_workdir = _unset()  # Workdir of a trained noisy classifier (for s > 0).
     ev.clip_denoised = True  # Clip predicted x0 to [-1, 1] while sampling.

@@ -251,6 +251,7 @@ class Generator:
                 context,
                 null_label=jax.tree.map(lambda a: a[0], null),  # Zeros, every key masked.
                 guidance_scale=ev.guidance_scale,
+                guided_channels=ev.guidance_channels,
             )
         elif self.text and ev.guidance_scale:
             conditional = lambda x, t, c: models.model_fn(model, params, tokens=c)(x, t)
@@ -259,6 +260,7 @@ class Generator:
                 tokens,
                 null_label=text_encoder.null_tokens(1, tokens.shape[1])[0],  # The empty caption.
                 guidance_scale=ev.guidance_scale,
+                guided_channels=ev.guidance_channels,
             )
         elif self.num_classes and ev.guidance_scale:
             # The guided call doubles the batch (labels, then the null class): so does the rest.
@@ -267,7 +269,11 @@ class Generator:
                 x, t
             )
             model_fn = sampling.classifier_free_guidance(
-                conditional, labels, null_label=self.num_classes, guidance_scale=ev.guidance_scale
+                conditional,
+                labels,
+                null_label=self.num_classes,
+                guidance_scale=ev.guidance_scale,
+                guided_channels=ev.guidance_channels,
             )
         else:
             model_fn = models.model_fn(

@@ -224,8 +224,13 @@ def classifier_free_guidance(
     labels: Any,
     null_label: Any,
     guidance_scale: float,
+    guided_channels: int = 0,
 ) -> ModelFn:
     """Returns model(x, t) = (1 + w) cond - w uncond on the mean channels (Ho & Salimans 2022).
+
+    guided_channels > 0 guides only the first that many mean channels, the others are the
+    conditional output's: DiT's `forward_with_cfg` guides 3 of its 4 latent channels, "for exact
+    reproducibility" of its published FIDs (Peebles & Xie 2023's code, models.py).
 
     The condition is labels [B] with null_label the null class, or any pytree of [B, ...] arrays
     (caption tokens [B, L]) with null_label the matching null values (the empty caption [L]),
@@ -248,6 +253,10 @@ def classifier_free_guidance(
         cond, uncond = out[:batch], out[batch:]
         w = guidance_scale
         guided_mean = (1.0 + w) * cond[..., :channels] - w * uncond[..., :channels]
+        if 0 < guided_channels < channels:
+            guided_mean = jnp.concatenate(
+                [guided_mean[..., :guided_channels], cond[..., guided_channels:channels]], axis=-1
+            )
         if out.shape[-1] == 2 * channels:
             return jnp.concatenate([guided_mean, cond[..., channels:]], axis=-1)
         return guided_mean

@@ -247,6 +247,12 @@ def _validate_eval(config: ml_collections.ConfigDict, device_count: int) -> None
                 f"{', '.join(map(str, orders))} for eval.sampler={ev.sampler!r}."
             )
     _number(ev.guidance_scale, "eval.guidance_scale", -1.0, float("inf"))
+    _positive_int(ev.guidance_channels, "eval.guidance_channels", allow_zero=True)
+    if ev.guidance_channels > config.data.num_channels:
+        raise ConfigError(
+            f"eval.guidance_channels={ev.guidance_channels} exceeds the "
+            f"{config.data.num_channels} channels of data.num_channels; use 0 (all) or fewer."
+        )
     _number(ev.classifier_scale, "eval.classifier_scale", 0.0, float("inf"))
     if ev.classifier_scale:
         if not ev.classifier_workdir:

@@ -319,6 +319,19 @@ def test_classifier_free_guidance_matches_linear_closed_form_and_keeps_variance(
     np.testing.assert_allclose(guided[..., 2:], 3 * xn + 0.5 * y, rtol=1e-6)
 
 
+def test_classifier_free_guidance_of_the_first_channels_only_as_dits_code():
+    x = jax.random.normal(jax.random.PRNGKey(12), (3, 2, 2, 2))
+    t, labels = jnp.array([4, 5, 6]), jnp.array([1, 2, 3])
+    w, null = 1.5, 10
+    guided = sampling.classifier_free_guidance(
+        _toy_conditional_model, labels, null, w, guided_channels=1
+    )(x, t)
+    everything = sampling.classifier_free_guidance(_toy_conditional_model, labels, null, w)(x, t)
+    conditional = _toy_conditional_model(x, t, labels)
+    chex.assert_trees_all_equal(guided[..., :1], everything[..., :1])  # Guided.
+    chex.assert_trees_all_equal(guided[..., 1:], conditional[..., 1:])  # The rest: conditional.
+
+
 def test_classifier_free_guidance_without_variance_channels_returns_guided_eps():
     x = jax.random.normal(jax.random.PRNGKey(11), (2, 2, 2, 2))
     t, labels = jnp.array([0, 1]), jnp.array([1, 2])

@@ -105,6 +105,8 @@ REFUSED = [
     ("eval.num_bpd_examples", -5, "or -1 for the whole"),
     ("eval.num_reference_examples", 0, "or -1 for the whole"),
     ("eval.guidance_scale", INF, ">= -1"),
+    ("eval.guidance_channels", -1, "non-negative integer"),
+    ("eval.guidance_channels", 2, "exceeds the 1 channels of data.num_channels"),
     ("eval.classifier_scale", NAN, ">= 0"),
     ("eval.ode_tolerance", 0.0, r"in \(0, 1\]"),
     ("eval.ddim_eta", NAN, r"in \[0, 1\]"),
