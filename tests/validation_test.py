@@ -20,6 +20,7 @@ from configs import (
     tiny,
     tiny_text,
 )
+from configs.published import dit_xl2_256, dit_xl2_512
 from diffax import build, generate, tasks, validation
 from diffax.validation import ConfigError
 
@@ -147,7 +148,18 @@ def _set(config, field, value):
 
 
 @pytest.mark.parametrize(
-    "make", [digits, cifar10, imagenet64, tiny, digits_latent, imagenet256_ldm, imagenet256_dit_xl2]
+    "make",
+    [
+        digits,
+        cifar10,
+        imagenet64,
+        tiny,
+        digits_latent,
+        imagenet256_ldm,
+        imagenet256_dit_xl2,
+        dit_xl2_256,
+        dit_xl2_512,
+    ],
 )
 def test_shipped_configs_are_valid(make):
     validation.validate_config(make.get_config(), device_count=8)
