@@ -56,6 +56,7 @@ def super_resolve_eval_split(
             aug_level=sr.sample_aug_level,
             random_level=False,
             method=sr.upsample_method,
+            embed_level=build.embeds_level(config),
         )
     )
     conditioning = jax.device_get(make(images, jax.random.PRNGKey(seed)))
@@ -132,6 +133,7 @@ def sample_super_resolution(
             image_size=config.data.image_size,
             aug_level=sr.sample_aug_level,
             method=sr.upsample_method,
+            embed_level=build.embeds_level(config),
         )
     )
     conditioning = jax.device_get(make(low, jax.random.PRNGKey(step + 1)))
