@@ -24,7 +24,7 @@ LAYERS = [
     (
         "data and state",
         "train_state sharding checkpointing checksums compilation_cache preemption distributed "
-        "cpu_devices workdir_lock console weight_files dit_weights "
+        "cpu_devices workdir_lock console weight_files dit_weights openai_weights "
         "flag_errors images summaries vae_weights text_embeddings datasets "
         "input_pipeline metrics",
     ),
