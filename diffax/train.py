@@ -1,9 +1,9 @@
 """The training loop: one for every kind of model; the step, state and evaluators come from the
 config's task (`diffax.tasks`)."""
 
-import concurrent.futures
 import functools
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -170,6 +170,29 @@ def train(
         checkpointing.close(manager)  # Finishes (or cleanly abandons) a save in flight.
 
 
+def _in_background(fn: Callable, *args) -> Callable:
+    """Starts fn(*args) in a daemon thread; returns a function that waits for its result (raising
+    its exception). A daemon, so a Ctrl-C or an error meanwhile does not wait for it to finish."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as error:  # noqa: BLE001 (re-raised in the waiting thread)
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="compile", daemon=True)
+    thread.start()
+
+    def result():
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return result
+
+
 def _state_and_data(config, workdir, trainer, manager):
     """Returns (the restored or new state, its step, this process's train batch iterator)."""
     training = config.training
@@ -212,10 +235,9 @@ def _train_loop(config, workdir, trainer, manager, guard):
     training = config.training
     # The step compiles (or loads from the persistent cache) in a thread while the state is
     # restored or initialised and the data pipeline is built: start-up pays for the longer one.
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile") as pool:
-        compiling = pool.submit(trainer.compile, training.batch_size)
-        state, start_step, train_iter = _state_and_data(config, workdir, trainer, manager)
-        step_fn = compiling.result()
+    compiled = _in_background(trainer.compile, training.batch_size)
+    state, start_step, train_iter = _state_and_data(config, workdir, trainer, manager)
+    step_fn = compiled()
     distributed.barrier("diffax_train_step_compiled")
     writer = summaries.create_writer(workdir)
     grid_size = min(config.eval.num_samples, 100)  # Grids during training: 100 at most.
