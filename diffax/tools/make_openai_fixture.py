@@ -26,6 +26,12 @@ With --published NAME,... (or "all") it does the same check at full size for con
 `published_layouts.json.gz`, {config: [[name, shape], ...]}, so the suite checks every published
 config's names, shapes and count without torch. Nothing in diffax imports this module except
 the tests (`fixture_state_dict`).
+
+With --ddim=0,1,10 it samples the tiny class-conditional U-Net (adm_new_order) guided by the tiny
+classifier with DDIM-25 (linear T = 1000, learned range) from the same x_T and labels in
+guided-diffusion (`ddim_sample_loop` with classifier_sample.py's cond_fn) and in diffax
+(`classifier_guidance.guided_model_fn` + `sampling.ddim_sample`), with and without clipping x0,
+and prints the max abs difference of the images.
 """
 
 import gzip
@@ -52,6 +58,9 @@ def define_flags() -> None:
         "published", [], "configs/published names to check at full size ('all': every one)."
     )
     flags.DEFINE_bool("skip_tiny", False, "Only the --published checks.")
+    flags.DEFINE_list(
+        "ddim", [], "Classifier scales: compare DDIM-25 sampling with guided-diffusion's."
+    )
 
 
 SEED = 0
@@ -359,6 +368,78 @@ def _published(modules, names: list[str]) -> None:
         del model, params
 
 
+def _ddim(modules, scales: list[float], clip: bool) -> None:
+    """Samples the tiny class-conditional U-Net guided by the tiny classifier with DDIM-25 from
+    the same x_T and labels in guided-diffusion (`ddim_sample_loop`, classifier_sample.py's
+    cond_fn) and in diffax (`guided_model_fn` + `ddim_sample`); prints the max abs difference."""
+    import jax
+    import torch
+    import torch.nn.functional as F
+
+    from diffax import classifier_guidance, diffusion, models, openai_weights, sampling, schedules
+    from diffax.models import classifier, unet
+
+    guided_unet, script_util = modules["guided"]
+    respace = importlib.import_module("guided_diffusion.respace")
+    nets = {}
+    for family in ("adm_new_order", "adm_classifier"):
+        _, cls, torch_kwargs, diffax_kwargs = FAMILIES[family]
+        torch.manual_seed(SEED)
+        model = getattr(guided_unet, cls)(**torch_kwargs).eval()
+        state = fixture_state_dict(_layout(model))
+        _load(model, state)
+        flax_cls = classifier.NoisyClassifier if cls == "EncoderUNetModel" else unet.UNet
+        flax_model = flax_cls(**diffax_kwargs)
+        params = openai_weights.convert_state_dict(state, flax_model, (16, 16, 3))
+        nets[family] = (model, flax_model, params)
+    betas = schedules.get_named_beta_schedule("linear", 1000)
+    theirs = script_util.create_gaussian_diffusion(
+        steps=1000, learn_sigma=True, noise_schedule="linear", timestep_respacing="ddim25"
+    )
+    ours = diffusion.GaussianDiffusion.create(betas, mean_type="eps", var_type="learned_range")
+    ours = ours.respace(schedules.space_timesteps(1000, "ddim25"))
+    del respace
+    rng = np.random.default_rng(SEED)
+    x_t = rng.standard_normal((4, 16, 16, 3)).astype(np.float32)
+    y = np.array([1, 3, 5, 7], np.int64)
+    torch_model, flax_unet, unet_params = nets["adm_new_order"]
+    torch_classifier, flax_classifier, classifier_params = nets["adm_classifier"]
+    for scale in scales:
+
+        def cond_fn(x, t, y=None, scale=scale):
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(True)
+                log_probs = F.log_softmax(torch_classifier(x_in, t), dim=-1)
+                selected = log_probs[range(len(log_probs)), y.view(-1)]
+                return torch.autograd.grad(selected.sum(), x_in)[0] * scale
+
+        with torch.no_grad():
+            reference = theirs.ddim_sample_loop(
+                torch_model,
+                (4, 3, 16, 16),
+                noise=torch.from_numpy(x_t).permute(0, 3, 1, 2),
+                clip_denoised=clip,
+                cond_fn=cond_fn if scale else None,
+                model_kwargs={"y": torch.from_numpy(y)},
+            )
+        reference = reference.permute(0, 2, 3, 1).numpy()
+        labels = y.astype(np.int32)
+        model_fn = models.model_fn(flax_unet, unet_params, labels)
+        guidance = models.guidance_fn(flax_classifier, classifier_params, labels)
+        model_fn = classifier_guidance.guided_model_fn(model_fn, guidance, ours, float(scale))
+        sample = jax.jit(
+            lambda noise, model_fn=model_fn: sampling.ddim_sample(
+                ours, model_fn, noise.shape, jax.random.PRNGKey(0), clip_denoised=clip, noise=noise
+            )["sample"]
+        )(x_t)
+        error = float(np.max(np.abs(np.asarray(sample) - reference)))
+        print(
+            f"DDIM-25, classifier scale {scale}, clip_denoised={clip}: max abs difference "
+            f"{error:.2e} (|x_0| max {np.abs(reference).max():.2f})",
+            flush=True,
+        )
+
+
 def main(argv):
     del argv
     modules = _import_modules()
@@ -369,6 +450,9 @@ def main(argv):
     if unknown:
         raise ValueError(f"--published: {', '.join(unknown)} not in {', '.join(PUBLISHED)}.")
     _published(modules, names)
+    for clip in (True, False):
+        if FLAGS.ddim:
+            _ddim(modules, [float(scale) for scale in FLAGS.ddim], clip)
 
 
 if __name__ == "__main__":
