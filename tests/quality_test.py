@@ -4,31 +4,10 @@ import json
 import logging
 
 import chex
-import jax
 import numpy as np
 import pytest
 
-from diffax.metrics import fid, inception, quality
-
-
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    """Small random weights for the full FID Inception-v3, saved with inception.save_params."""
-    rng = np.random.default_rng(0)
-
-    def fill(path, spec):
-        leaf = path[-1].key
-        if leaf == "kernel":
-            fan_in = int(np.prod(spec.shape[:-1]))
-            return rng.normal(size=spec.shape) * np.sqrt(2.0 / fan_in)
-        if leaf in ("scale", "var"):
-            return rng.uniform(0.5, 1.5, size=spec.shape)
-        return rng.normal(size=spec.shape) * 0.1
-
-    variables = jax.tree_util.tree_map_with_path(fill, inception.abstract_variables())
-    path = str(tmp_path_factory.mktemp("inception") / "weights.npz")
-    inception.save_params(path, variables)
-    return path
+from diffax.metrics import fid, quality
 
 
 def _no_eval_images(num_examples):
