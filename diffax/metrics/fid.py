@@ -12,7 +12,7 @@ tested without any network:
   evaluator computes them.
 
 guided-diffusion's `evaluations/evaluator.py` (the ADM and DiT papers' numbers) uses the same
-Fréchet distance (there with scipy's sqrtm of S1 S2; the two agree to about 1e-10 relative) and
+Fréchet distance (there with scipy's sqrtm of S1 S2; the two agree to 1e-8 relative or better) and
 this Inception Score with `split_size=5000`.
 """
 
