@@ -24,11 +24,11 @@ from diffax import (
     models,
     restore,
     sample_files,
+    sample_quality,
     sharding,
     super_resolution,
     tasks,
 )
-from diffax.metrics import quality
 
 
 def super_resolve_eval_split(
@@ -255,7 +255,8 @@ def sample_inpainting(
     )
     if config.eval.quality_metrics:  # The digits: class accuracy against the true labels.
         eval_images = functools.partial(input_pipeline.eval_split_images, config.data)
-        figures.update(quality.quality_metrics(config, samples, labels, workdir, eval_images))
+        quality = sample_quality.quality_metrics(config, samples, labels, workdir, eval_images)
+        figures.update(quality)
     if jax.process_index() == 0:
         np.savez(f"{workdir}/{name}_io.npz", samples=samples, labels=labels)
         with open(f"{workdir}/{name}.json", "w") as f:

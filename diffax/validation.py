@@ -143,7 +143,7 @@ def _validate_stored_embeddings(config: ml_collections.ConfigDict) -> None:
             "every later example off its embedding row; set data.skip_bad_images=False."
         )
     try:
-        text_embeddings.check(config)
+        text_embeddings.check(config.data, config.model.text.width)
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from None
 
