@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffax import restore, sharding
+from diffax import build, restore, sharding
 from diffax.tools import import_checkpoint
 from diffax.tools.make_openai_fixture import fixture_state_dict
 
@@ -140,3 +140,25 @@ def test_sources_fill_only_their_backbones(tiny):
     import_checkpoint.check_config(classifier, "guided-diffusion")
     with pytest.raises(ValueError, match="improved-diffusion checkpoints fill 'unet' models"):
         import_checkpoint.check_config(classifier, "improved-diffusion")
+
+
+def test_a_dit_checkpoint_imports_and_computes_what_dits_own_code_computes(tmp_path):
+    from configs import tiny as tiny_config
+
+    # tests/data/dit_tiny: a DiT of facebookresearch/DiT's models.py, every weight random.
+    data = os.path.join(ROOT, "tests", "data", "dit_tiny")
+    config = tiny_config.get_config()
+    config.model.name, config.model.class_cond = "dit", True
+    config.model.dit.update(hidden_size=32, depth=2, num_heads=4, patch_size=2, mlp_ratio=4.0)
+    config.data.update(image_size=8, num_channels=4, num_classes=10)
+    config.diffusion.var_type = "learned_range"  # 2C outputs, as DiT's learn_sigma.
+    workdir = str(tmp_path / "dit")
+    params = import_checkpoint.convert(config, "dit", os.path.join(data, "dit.npz"))
+    assert import_checkpoint.write(config, params, workdir) == 51_168
+    mesh = sharding.create_mesh(1, 1, jax.devices()[:1])
+    restored, step = restore.restore_eval_params(config, workdir, mesh)
+    reference = np.load(os.path.join(data, "reference.npz"))
+    model = build.create_model(config)
+    out = model.apply({"params": restored}, reference["x"], reference["t"], reference["y"])
+    assert step == 0
+    np.testing.assert_allclose(np.asarray(out), reference["out"], atol=1e-4, rtol=0)
