@@ -8,7 +8,8 @@ trained on the diffusion model's process guides it at respaced steps too. Arrays
 
 Two ways to guide (`diffax.tasks.classifier` trains the classifier and builds its guidance_fn):
 - `guided_model_fn` shifts eps by -s sqrt(1 - abar_t) grad (eq. 14, Algorithm 2): a `model_fn`
-  wrapper every sampler (DDPM, DDIM, the solvers) takes unchanged. `solvers.denoiser(...,
+  wrapper any sampler takes unchanged. `sampling.ddim_step(..., guidance_fn=...)` applies the
+  shift after clipping x0, in guided-diffusion's order (what generate uses); `solvers.denoiser(...,
   guidance_fn=tasks.classifier.guidance_fn(...), guidance_scale=s)` applies the same shift
   inside the solvers.
 - `p_sample_with_classifier_guidance` is Algorithm 1 exactly: the ancestral step with its mean

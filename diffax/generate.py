@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from diffax import classifier_guidance, diffusion, models, sampling, schedules, sharding, solvers
+from diffax import diffusion, models, sampling, schedules, sharding, solvers
 from diffax.datasets import captions
 from diffax.models import text_encoder
 
@@ -283,10 +283,6 @@ class Generator:
         if self.classifier_model is not None and ev.classifier_scale:
             guidance_fn = models.guidance_fn(self.classifier_model, classifier_params, labels)
             scale = ev.classifier_scale
-            if ev.sampler == "ddim":  # The eps shift (Dhariwal & Nichol, Algorithm 2).
-                model_fn = classifier_guidance.guided_model_fn(
-                    model_fn, guidance_fn, self.process, scale
-                )
         if grid is not None:
             denoise_fn = solvers.denoiser(
                 model_fn,
@@ -308,7 +304,7 @@ class Generator:
             )
             self.nfe = out["nfe"]
         elif ev.sampler == "ddim":
-            out = sampling.ddim_sample(
+            out = sampling.ddim_sample(  # The eps shift (Algorithm 2), as guided-diffusion.
                 self.process,
                 model_fn,
                 self.shape,
@@ -316,6 +312,8 @@ class Generator:
                 eta=ev.ddim_eta,
                 clip_denoised=ev.clip_denoised,
                 return_every=return_every,
+                guidance_fn=guidance_fn,
+                guidance_scale=scale,
             )
         else:
             out = sampling.ddpm_sample(  # The mean shift s Sigma grad (Algorithm 1).

@@ -88,10 +88,23 @@ def ddim_step(
     noise: jax.Array,
     eta: float = 0.0,
     clip_denoised: bool = True,
+    guidance_fn: GuidanceFn | None = None,
+    guidance_scale: float = 0.0,
 ) -> dict[str, jax.Array]:
-    """Returns {"sample": x_{t-1}, "pred_x0"} of one DDIM step (Song et al. 2021 eq. 12); t [B]."""
+    """Returns {"sample": x_{t-1}, "pred_x0"} of one DDIM step (Song et al. 2021 eq. 12); t [B].
+
+    With guidance_fn (grad_x log p(y | x_t)), eps' = eps - guidance_scale sqrt(1 - abar_t) grad
+    (Dhariwal & Nichol 2021, Algorithm 2), shifting the eps re-derived from the clipped pred_x0,
+    and pred_x0 follows eps' unclipped: guided-diffusion's `condition_score` order, so imported
+    ADM-G models sample as they did for the paper.
+    """
     # eps comes from the (possibly clipped) pred_x0 so that x_{t-1} stays consistent with it.
     pred_x0, eps = _pred_x0_and_eps(d, model_fn, x_t, t, clip_denoised)  # [B, H, W, C] each
+    if guidance_fn is not None and not _is_static_zero(guidance_scale):
+        abar = extract(d.alphas_cumprod, t, x_t.ndim)
+        grad = guidance_fn(x_t, d.timestep_map[t]).astype(eps.dtype)
+        eps = eps - guidance_scale * jnp.sqrt(1.0 - abar) * grad
+        pred_x0 = (x_t - jnp.sqrt(1.0 - abar) * eps) / jnp.sqrt(abar)
     abar_prev = extract(d.alphas_cumprod_prev, t, x_t.ndim)
     sigma = ddim_sigma(d, t, eta, x_t)
     direction = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma**2, 0.0)) * eps
@@ -186,11 +199,14 @@ def ddim_sample(
     clip_denoised: bool = True,
     return_every: int = 0,
     noise: jax.Array | None = None,
+    guidance_fn: GuidanceFn | None = None,
+    guidance_scale: float = 0.0,
 ) -> dict[str, jax.Array]:
     """Returns {"sample": x_0 [B, H, W, C]} (+ "intermediates" [T // k, B, H, W, C]) by DDIM.
 
     Runs on the full or a respaced process d; starts from `noise` if given (e.g. a `ddim_reverse`
-    encoding), else from N(0, I) drawn from `key`. eta = 0 is deterministic given x_T.
+    encoding), else from N(0, I) drawn from `key`. eta = 0 is deterministic given x_T. Classifier
+    guidance: see ddim_step.
     """
     init_key, step_key = jax.random.split(key)
     x_init = jax.random.normal(init_key, shape, jnp.float32) if noise is None else noise
@@ -198,7 +214,9 @@ def ddim_sample(
     def step(x, t):
         t_batch = jnp.full((shape[0],), t, jnp.int32)  # [B]
         z = jax.random.normal(jax.random.fold_in(step_key, t), shape, x.dtype)
-        return ddim_step(d, model_fn, x, t_batch, z, eta, clip_denoised)["sample"]
+        return ddim_step(
+            d, model_fn, x, t_batch, z, eta, clip_denoised, guidance_fn, guidance_scale
+        )["sample"]
 
     return _scan_steps(step, x_init, _descending_timesteps(d), return_every)
 

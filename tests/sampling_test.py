@@ -383,3 +383,27 @@ def test_classifier_free_guidance_on_caption_tokens_doubles_with_the_empty_capti
     np.testing.assert_array_equal(seen[0][2:], [null, null])
     guided = sampling.classifier_free_guidance(model, tokens, null, 2.0)(x, t)
     chex.assert_trees_all_close(guided, 3.0 * model(x, t, tokens) - 2.0 * x * 1.0)
+
+
+def test_guided_ddim_shifts_the_eps_of_the_clipped_x0_and_does_not_clip_again():
+    # Dhariwal & Nichol's Algorithm 2 in guided-diffusion's order (condition_score): eps from
+    # the clipped pred_x0, eps' = eps - s sqrt(1 - abar) grad, pred_x0' from eps' unclipped.
+    d = diffusion.GaussianDiffusion.create(_cosine_betas(10), mean_type="eps")
+    x = jnp.full((2, 2, 2, 1), 3.0)  # Far outside [-1, 1]: the clipping matters.
+    t = jnp.array([6, 6])
+    model_fn = lambda x_t, model_t: -0.5 * x_t  # noqa: E731  (predicts eps = -x/2)
+    grad = jnp.full_like(x, 0.7)
+    guidance = lambda x_t, model_t: grad  # noqa: E731
+    scale = 2.0
+    out = sampling.ddim_step(d, model_fn, x, t, jnp.zeros_like(x), 0.0, True, guidance, scale)
+    abar, abar_prev = float(d.alphas_cumprod[6]), float(d.alphas_cumprod_prev[6])
+    raw_x0 = (3.0 - np.sqrt(1 - abar) * -1.5) / np.sqrt(abar)
+    x0 = np.clip(raw_x0, -1.0, 1.0)
+    eps = (3.0 - np.sqrt(abar) * x0) / np.sqrt(1 - abar) - scale * np.sqrt(1 - abar) * 0.7
+    x0 = (3.0 - np.sqrt(1 - abar) * eps) / np.sqrt(abar)  # Not clipped again.
+    expected = np.sqrt(abar_prev) * x0 + np.sqrt(1 - abar_prev) * eps
+    assert raw_x0 > 1.0
+    np.testing.assert_allclose(out["pred_x0"], x0, rtol=1e-5)
+    np.testing.assert_allclose(out["sample"], expected, rtol=1e-5)
+    unguided = sampling.ddim_step(d, model_fn, x, t, jnp.zeros_like(x), 0.0, True, guidance, 0)
+    np.testing.assert_allclose(unguided["pred_x0"], 1.0)  # A Python 0: the clipped step.

@@ -30,7 +30,7 @@ the tests (`fixture_state_dict`).
 With --ddim=0,1,10 it samples the tiny class-conditional U-Net (adm_new_order) guided by the tiny
 classifier with DDIM-25 (linear T = 1000, learned range) from the same x_T and labels in
 guided-diffusion (`ddim_sample_loop` with classifier_sample.py's cond_fn) and in diffax
-(`classifier_guidance.guided_model_fn` + `sampling.ddim_sample`), with and without clipping x0,
+(`sampling.ddim_sample` with its guidance_fn), with and without clipping x0,
 and prints the max abs difference of the images.
 """
 
@@ -371,12 +371,12 @@ def _published(modules, names: list[str]) -> None:
 def _ddim(modules, scales: list[float], clip: bool) -> None:
     """Samples the tiny class-conditional U-Net guided by the tiny classifier with DDIM-25 from
     the same x_T and labels in guided-diffusion (`ddim_sample_loop`, classifier_sample.py's
-    cond_fn) and in diffax (`guided_model_fn` + `ddim_sample`); prints the max abs difference."""
+    cond_fn) and in diffax (`ddim_sample` with guidance_fn); prints the max abs difference."""
     import jax
     import torch
     import torch.nn.functional as F
 
-    from diffax import classifier_guidance, diffusion, models, openai_weights, sampling, schedules
+    from diffax import diffusion, models, openai_weights, sampling, schedules
     from diffax.models import classifier, unet
 
     guided_unet, script_util = modules["guided"]
@@ -426,11 +426,19 @@ def _ddim(modules, scales: list[float], clip: bool) -> None:
         labels = y.astype(np.int32)
         model_fn = models.model_fn(flax_unet, unet_params, labels)
         guidance = models.guidance_fn(flax_classifier, classifier_params, labels)
-        model_fn = classifier_guidance.guided_model_fn(model_fn, guidance, ours, float(scale))
         sample = jax.jit(
-            lambda noise, model_fn=model_fn: sampling.ddim_sample(
-                ours, model_fn, noise.shape, jax.random.PRNGKey(0), clip_denoised=clip, noise=noise
-            )["sample"]
+            lambda noise, model_fn=model_fn, guidance=guidance, scale=float(scale): (
+                sampling.ddim_sample(
+                    ours,
+                    model_fn,
+                    noise.shape,
+                    jax.random.PRNGKey(0),
+                    clip_denoised=clip,
+                    noise=noise,
+                    guidance_fn=guidance,
+                    guidance_scale=scale,
+                )["sample"]
+            )
         )(x_t)
         error = float(np.max(np.abs(np.asarray(sample) - reference)))
         print(
