@@ -2,6 +2,8 @@
 
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import chex
@@ -533,3 +535,22 @@ def test_an_image_gets_a_new_caption_each_epoch_unless_captions_are_fixed(digits
     else:
         # 17 templates: the same one is drawn again for about 1 image in 17.
         assert changed > 0.85, changed
+
+
+LAZY_TF = """
+import sys
+from diffax import evaluate, input_pipeline, main, train
+before = "tensorflow" in sys.modules
+input_pipeline.hide_accelerators_from_tf()
+print(before, "tensorflow" in sys.modules)
+"""
+
+
+def test_tensorflow_loads_only_when_the_pipeline_first_uses_it():
+    """--mode=sample reads no data: importing the jobs must not cost TensorFlow's ~3 s import."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", LAZY_TF], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False", "True"]
