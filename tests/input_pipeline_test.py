@@ -537,20 +537,23 @@ def test_an_image_gets_a_new_caption_each_epoch_unless_captions_are_fixed(digits
         assert changed > 0.85, changed
 
 
-LAZY_TF = """
+LAZY_IMPORTS = """
 import sys
 from diffax import evaluate, input_pipeline, main, train
-before = "tensorflow" in sys.modules
+from diffax.datasets import digits
+before = ["tensorflow" in sys.modules, "sklearn" in sys.modules]
 input_pipeline.hide_accelerators_from_tf()
-print(before, "tensorflow" in sys.modules)
+assert digits.NUM_EXAMPLES == len(digits.sklearn_datasets.load_digits().images)
+print(*before, "tensorflow" in sys.modules, "sklearn" in sys.modules)
 """
 
 
-def test_tensorflow_loads_only_when_the_pipeline_first_uses_it():
-    """--mode=sample reads no data: importing the jobs must not cost TensorFlow's ~3 s import."""
+def test_tensorflow_and_scikit_learn_load_only_when_first_used():
+    """A refused run, or --mode=sample of a model that reads no data, must not pay TensorFlow's
+    (~3 s) or scikit-learn's (~1 s) import: the jobs import without them."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run(
-        [sys.executable, "-c", LAZY_TF], cwd=root, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", LAZY_IMPORTS], cwd=root, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["False", "True"]
+    assert done.stdout.split() == ["False", "False", "True", "True"]
