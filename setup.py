@@ -39,5 +39,8 @@ setuptools.setup(
         # benchmarks/peer_benchmark.py's PyTorch side (best in its own environment: see
         # benchmarks/peer/README.md); improved-diffusion itself is a checkout, not a package.
         "bench": ["torch>=2.0", "numpy>=1.26"],
+        # Reading published .pt checkpoints (diffax.tools.import_checkpoint, weight_files); a
+        # .safetensors or .npz of the same state dict needs no PyTorch.
+        "convert": ["torch>=2.0"],
     },
 )

@@ -77,6 +77,12 @@ def get_config() -> ml_collections.ConfigDict:
     unet.resblock_updown = False  # BigGAN-style residual blocks for down/upsampling.
     unet.use_scale_shift_norm = True  # Adaptive group norm from the embedding (ADM).
     unet.fourier_features = ()  # Exponents n of sin/cos(2^n pi x) input channels (VDM).
+    # q, k, v split before heads; False: heads first (improved-diffusion, most ADM checkpoints).
+    unet.use_new_attention_order = True
+    # A class-conditional label table with the null class of classifier-free guidance (row
+    # data.num_classes); False for ADM's published checkpoints, which have none.
+    unet.null_class = True
+    unet.timestep_scale = 1.0  # The network embeds t * this (improved-diffusion: 1000 / T).
 
     # The noisy classifier (model.name = "noisy_classifier"): ADM's U-Net encoder with attention
     # pooling (Dhariwal & Nichol 2021, sec. 4; diffax.models.classifier.NoisyClassifier).
@@ -90,6 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
     classifier.dropout = 0.0  # Dropout in the residual blocks.
     classifier.resblock_updown = False  # BigGAN-style residual blocks for downsampling.
     classifier.use_scale_shift_norm = True  # Adaptive group norm from the embedding.
+    classifier.use_new_attention_order = True  # False: heads first (ADM's classifiers).
 
     # The Diffusion Transformer (model.name = "dit"; Peebles & Xie 2023; diffax.models.dit.DiT).
     model.dit = dit = ml_collections.ConfigDict()
@@ -151,6 +158,9 @@ def get_config() -> ml_collections.ConfigDict:
     sr.upsample_method = "linear"  # Conditioning upsampler: "nearest", "linear" or "cubic".
     sr.train_aug_max = 0.0  # Training draws s ~ U[0, train_aug_max] per example (0: none).
     sr.sample_aug_level = 0.0  # s at evaluation and sampling (a cascade's chosen level).
+    # The model embeds s as an input (CDM); False: it has no such input (ADM's upsamplers), and
+    # train_aug_max and sample_aug_level stay 0.
+    sr.level_cond = True
     sr.base_workdir = _unset()  # --mode=sample: upsample this base model's samples (a cascade).
 
     # Inpainting (1 = known pixels): a mask-conditioned model sees [x0 * m, m] beside x_t and

@@ -35,7 +35,7 @@ def _shared(config: ml_collections.ConfigDict) -> dict[str, Any]:
         dtype=jnp.dtype(config.model.dtype),
         remat=config.model.remat,
         concat_cond=is_super_resolution(config) or is_inpainting(config),
-        level_cond=is_super_resolution(config),
+        level_cond=embeds_level(config),
         pool_context=is_text_conditioned(config) and config.model.text.pool,
     )
 
@@ -109,6 +109,12 @@ def is_super_resolution(config: ml_collections.ConfigDict) -> bool:
     return config.super_resolution.low_res_size > 0
 
 
+def embeds_level(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether a super-resolution model takes its augmentation level s as an input
+    (super_resolution.level_cond; ADM's upsamplers do not)."""
+    return is_super_resolution(config) and config.super_resolution.get("level_cond", True)
+
+
 def is_inpainting(config: ml_collections.ConfigDict) -> bool:
     """Returns whether the denoiser is conditioned on a masked image and its mask."""
     return bool(config.inpainting.mask_cond)
@@ -144,6 +150,7 @@ def conditioning_fn(
         aug_level=sr.train_aug_max if train else sr.sample_aug_level,
         random_level=train,
         method=sr.upsample_method,
+        embed_level=embeds_level(config),
     )
 
 
@@ -172,6 +179,14 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 def num_classes(config: ml_collections.ConfigDict) -> int:
     """Returns the classes the model conditions on (0: unconditional); label K is the null class."""
     return config.data.num_classes if config.model.class_cond else 0
+
+
+def lacks_null_class(config: ml_collections.ConfigDict) -> bool:
+    """Returns whether a class-conditional model has no null class (model.unet.null_class=False,
+    as ADM's checkpoints): nothing can stand for "no label", so p(x) and guidance by it do not
+    exist."""
+    unet_without = config.model.name == "unet" and not config.model.unet.get("null_class", True)
+    return bool(num_classes(config)) and unet_without
 
 
 def is_text_conditioned(config: ml_collections.ConfigDict) -> bool:

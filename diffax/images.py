@@ -103,18 +103,20 @@ def read_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Returns (float32 images [N, H, W, C] in [-1, 1], int labels [N] or None) from an .npz.
 
     Accepted keys: "images" (uint8 0..255, or float in [-1, 1]), or "levels" with "num_levels"
-    (as `save_samples` writes); optional "labels" [N]. Else ValueError naming the file.
+    (as `save_samples` writes), or guided-diffusion's sample batch "arr_0" (uint8); optional
+    labels "labels" (or "arr_1") [N]. Else ValueError naming the file.
     """
     with _open_npz(path) as data:
-        if "images" in data.files:
-            images = data["images"]
+        image_key = next((key for key in ("images", "arr_0") if key in data.files), None)
+        if image_key is not None:
+            images = data[image_key]
             if images.dtype == np.uint8:
                 images = from_levels(images.astype(np.float32), 256)
             else:
                 images = images.astype(np.float32)
                 if images.size and (images.min() < -1.001 or images.max() > 1.001):
                     raise ValueError(
-                        f"{path!r}: float 'images' must lie in [-1, 1], got range "
+                        f"{path!r}: float {image_key!r} must lie in [-1, 1], got range "
                         f"[{images.min():.3g}, {images.max():.3g}] (store uint8 for 0..255 pixels)"
                     )
         elif "levels" in data.files and "num_levels" in data.files:
@@ -122,11 +124,13 @@ def read_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         else:
             raise ValueError(
                 f"{path!r} holds no images: expected key 'images' (uint8 [N, H, W, C] or float in "
-                f"[-1, 1]) or 'levels' + 'num_levels'; found keys {sorted(data.files)}"
+                f"[-1, 1]), 'levels' + 'num_levels', or 'arr_0' (uint8); found keys "
+                f"{sorted(data.files)}"
             )
         labels = None
-        if "labels" in data.files and data["labels"].shape == (images.shape[0],):
-            labels = data["labels"].astype(np.int64)
+        label_key = "arr_1" if image_key == "arr_0" else "labels"
+        if label_key in data.files and data[label_key].shape == (images.shape[0],):
+            labels = data[label_key].astype(np.int64)
     if images.ndim == 3:
         images = images[..., None]  # [N, H, W] grayscale -> [N, H, W, 1]
     if images.ndim != 4 or images.shape[0] < 2:

@@ -81,6 +81,7 @@ MEANING_FIELDS = (
     "data.text_length",
     "super_resolution.low_res_size",
     "super_resolution.upsample_method",
+    "super_resolution.level_cond",
     "inpainting.mask_cond",
     "latent.autoencoder",
     "latent.scale",

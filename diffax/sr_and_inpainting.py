@@ -24,11 +24,11 @@ from diffax import (
     models,
     restore,
     sample_files,
+    sample_quality,
     sharding,
     super_resolution,
     tasks,
 )
-from diffax.metrics import quality
 
 
 def super_resolve_eval_split(
@@ -56,6 +56,7 @@ def super_resolve_eval_split(
             aug_level=sr.sample_aug_level,
             random_level=False,
             method=sr.upsample_method,
+            embed_level=build.embeds_level(config),
         )
     )
     conditioning = jax.device_get(make(images, jax.random.PRNGKey(seed)))
@@ -132,6 +133,7 @@ def sample_super_resolution(
             image_size=config.data.image_size,
             aug_level=sr.sample_aug_level,
             method=sr.upsample_method,
+            embed_level=build.embeds_level(config),
         )
     )
     conditioning = jax.device_get(make(low, jax.random.PRNGKey(step + 1)))
@@ -253,7 +255,8 @@ def sample_inpainting(
     )
     if config.eval.quality_metrics:  # The digits: class accuracy against the true labels.
         eval_images = functools.partial(input_pipeline.eval_split_images, config.data)
-        figures.update(quality.quality_metrics(config, samples, labels, workdir, eval_images))
+        quality = sample_quality.quality_metrics(config, samples, labels, workdir, eval_images)
+        figures.update(quality)
     if jax.process_index() == 0:
         np.savez(f"{workdir}/{name}_io.npz", samples=samples, labels=labels)
         with open(f"{workdir}/{name}.json", "w") as f:

@@ -54,15 +54,16 @@ def conditioning(
     aug_level: float | jax.Array,
     random_level: bool,
     method: str = "linear",
+    embed_level: bool = True,
 ) -> dict[str, jax.Array]:
     """Returns the model's conditioning inputs for high-resolution `images` `[B, H, W, C]`:
     {"concat": the downsampled, upsampled and augmented images `[B, H, W, C]`, "aug_level": s
-    `[B]`}. Training draws s ~ U[0, aug_level] per example (random_level=True); evaluation and
-    sampling use s = aug_level."""
+    `[B]`, absent unless embed_level}. Training draws s ~ U[0, aug_level] per example
+    (random_level=True); evaluation and sampling use s = aug_level."""
     low = downsample(images, low_res_size)
     return conditioning_from_low_res(
         low, key, image_size=images.shape[1], aug_level=aug_level, random_level=random_level,
-        method=method,
+        method=method, embed_level=embed_level,
     )  # fmt: skip
 
 
@@ -74,6 +75,7 @@ def conditioning_from_low_res(
     aug_level: float | jax.Array,
     random_level: bool = False,
     method: str = "linear",
+    embed_level: bool = True,
 ) -> dict[str, jax.Array]:
     """Returns the conditioning inputs (see `conditioning`) for given low-resolution images
     `[B, h, h, C]`, e.g. a base model's samples in a cascade."""
@@ -84,7 +86,8 @@ def conditioning_from_low_res(
         level = level * jax.random.uniform(level_key, (batch,))
     up = upsample(low_res.astype(jnp.float32), image_size, method)
     noise = jax.random.normal(noise_key, up.shape, up.dtype)
-    return {"concat": augment(up, level, noise), "aug_level": level}
+    concat = augment(up, level, noise)
+    return {"concat": concat, "aug_level": level} if embed_level else {"concat": concat}
 
 
 def psnr(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.Array:

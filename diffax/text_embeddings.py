@@ -126,11 +126,12 @@ def check_file(
     return count
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-    """Checks the files of the train and eval splits (headers only: no array is read)."""
-    pattern = config.data.text_embeddings
-    for split in dict.fromkeys((config.data.train_split, config.data.eval_split)):
-        check_file(path_for(pattern, split), config.data.text_length, config.model.text.width)
+def check(data_config: ml_collections.ConfigDict, width: int) -> None:
+    """Checks the files of data.train_split and data.eval_split against data.text_length and the
+    contexts' `width` (model.text.width); headers only: no array is read."""
+    pattern = data_config.text_embeddings
+    for split in dict.fromkeys((data_config.train_split, data_config.eval_split)):
+        check_file(path_for(pattern, split), data_config.text_length, width)
 
 
 def load(

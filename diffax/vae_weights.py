@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffax import weight_files
 from diffax.models.autoencoder import AutoencoderKL
 
 # flax module names that stand for an entry of a torch ModuleList: `resnets_1` <-> `resnets.1`.
@@ -31,8 +32,6 @@ _LIST_MODULES = ("down_blocks", "up_blocks", "resnets", "attentions", "downsampl
 _LIST_NAME = re.compile(r"^({})_(\d+)$".format("|".join(_LIST_MODULES)))
 # Older diffusers attention names -> the current ones (the tensors are the same).
 _LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-# How many names of each kind an error message lists.
-_SHOWN = 5
 
 
 def diffusers_name(path: tuple[str, ...]) -> str:
@@ -105,12 +104,6 @@ def _fits(path: tuple[str, ...], shape: tuple[int, ...], expected: tuple[int, ..
     return path[-2].startswith("to_") and tuple(shape) == (*expected, 1, 1)
 
 
-def _listing(names: list[str]) -> str:
-    """Returns 'a, b, c and 4 more' of a list of names."""
-    shown = ", ".join(names[:_SHOWN])
-    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
-
-
 def convert_state_dict(
     state_dict: dict[str, np.ndarray], model: AutoencoderKL, source: str = "the state dict"
 ) -> Any:
@@ -120,40 +113,21 @@ def convert_state_dict(
     mis-shaped tensors when the tensors do not fit the model exactly.
     """
     expected = expected_tensors(model)
-    found: dict[str, str] = {}  # current name -> name in the file
-    unexpected = []
-    for name in state_dict:
-        current = _current_name(name)
-        if current in expected and current not in found:
-            found[current] = name
-        else:
-            unexpected.append(name)
-    missing = [name for name in expected if name not in found]
-    misshaped = [
-        f"{found[name]} {tuple(state_dict[found[name]].shape)} (expected {shape})"
-        for name, (path, shape) in expected.items()
-        if name in found and not _fits(path, state_dict[found[name]].shape, shape)
-    ]
-    if missing or unexpected or misshaped:
-        if not found:
-            problems = [
-                f"holds none of its {len(expected)} tensors (another architecture?"
-                f" it has {_listing(sorted(unexpected))})"
-            ]
-        else:
-            problems = []
-            if missing:
-                problems.append(f"lacks {len(missing)} tensors: {_listing(sorted(missing))}")
-            if unexpected:
-                problems.append(f"has {len(unexpected)} unexpected: {_listing(sorted(unexpected))}")
-            if misshaped:
-                problems.append(f"has {len(misshaped)} mis-shaped: {_listing(sorted(misshaped))}")
-        raise ValueError(
-            f"{source} does not fit AutoencoderKL(block_out_channels="
-            f"{tuple(model.block_out_channels)}, layers_per_block={model.layers_per_block}, "
-            f"z_channels={model.z_channels}): it {'; it '.join(problems)}."
-        )
-    flat = {path: _to_flax(state_dict[found[name]], path) for name, (path, _) in expected.items()}
+    current: dict[str, np.ndarray] = {}  # Current names; an older duplicate stays unexpected.
+    for name, array in state_dict.items():
+        new = _current_name(name)
+        key = new if new in expected and new not in current else name
+        path = expected[key][0] if key in expected else None
+        if path is not None and _fits(path, array.shape, expected[key][1]):
+            array = np.reshape(array, expected[key][1])  # A 1x1-conv projection: [out, in].
+        current[key] = array
+    architecture = (
+        f"AutoencoderKL(block_out_channels={tuple(model.block_out_channels)}, "
+        f"layers_per_block={model.layers_per_block}, z_channels={model.z_channels})"
+    )
+    shapes = {name: shape for name, (_, shape) in expected.items()}
+    weight_files.check_fits(current, shapes, source, architecture)
+    flat = {path: _to_flax(current[name], path) for name, (path, _) in expected.items()}
     return flax.traverse_util.unflatten_dict(flat)
 
 

@@ -143,7 +143,7 @@ def _validate_stored_embeddings(config: ml_collections.ConfigDict) -> None:
             "every later example off its embedding row; set data.skip_bad_images=False."
         )
     try:
-        text_embeddings.check(config)
+        text_embeddings.check(config.data, config.model.text.width)
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from None
 
@@ -344,6 +344,15 @@ def _validate_super_resolution(config: ml_collections.ConfigDict) -> None:
     )
     _number(sr.train_aug_max, "super_resolution.train_aug_max", 0.0, 1.0)
     _number(sr.sample_aug_level, "super_resolution.sample_aug_level", 0.0, 1.0)
+    level_cond = sr.get("level_cond", True)
+    if not isinstance(level_cond, bool):
+        raise ConfigError(f"super_resolution.level_cond={level_cond!r} must be True or False.")
+    for field in ("train_aug_max", "sample_aug_level"):
+        if not level_cond and sr[field]:
+            raise ConfigError(
+                f"super_resolution.{field}={sr[field]} needs super_resolution.level_cond=True: "
+                "a model without the level as an input cannot be told the augmentation; use 0."
+            )
 
 
 def _validate_inpainting(config: ml_collections.ConfigDict) -> None:

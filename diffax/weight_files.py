@@ -8,7 +8,7 @@ keep their stored dtype here; the converters make float32 parameters of them.
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -77,10 +77,12 @@ def check_fits(
     source: str,
     architecture: str,
     ignored: tuple[str, ...] = (),
+    hint: Callable[[list[str]], str] | None = None,
 ) -> None:
     """Raises ValueError in one sentence naming `source`, the `architecture` and the first few
     missing, unexpected and mis-shaped tensors unless the state dict holds exactly the
-    `expected` {torch name: torch shape} (names in `ignored` may be present or not)."""
+    `expected` {torch name: torch shape} (names in `ignored` may be present or not); `hint`
+    (misfit names -> text, e.g. the config fields they depend on) ends the sentence."""
     names = [name for name in state_dict if name not in ignored]
     unexpected = sorted(name for name in names if name not in expected)
     missing = sorted(name for name in expected if name not in state_dict)
@@ -104,4 +106,8 @@ def check_fits(
             problems.append(f"has {len(unexpected)} unexpected: {listing(unexpected)}")
         if misshaped:
             problems.append(f"has {len(misshaped)} mis-shaped: {listing(misshaped)}")
-    raise ValueError(f"{source} does not fit {architecture}: it {'; it '.join(problems)}.")
+    said = "; it ".join(problems)
+    if hint is not None:
+        shown = missing[:SHOWN] + unexpected[:SHOWN] + [m.split()[0] for m in misshaped[:SHOWN]]
+        said += f" ({hint(shown)})"
+    raise ValueError(f"{source} does not fit {architecture}: it {said}.")

@@ -63,6 +63,32 @@ def digits_split():
 
 
 @pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory):
+    """Random weights for the full FID Inception-v3 (scaled to keep activations O(1)), saved with
+    inception.save_params: for tests of the plumbing, not of the network."""
+    import jax
+    import numpy as np
+
+    from diffax.metrics import inception
+
+    rng = np.random.default_rng(0)
+
+    def fill(path, spec):
+        leaf = path[-1].key
+        if leaf == "kernel":
+            fan_in = int(np.prod(spec.shape[:-1]))
+            return rng.normal(size=spec.shape) * np.sqrt(2.0 / fan_in)
+        if leaf in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, size=spec.shape)
+        return rng.normal(size=spec.shape) * 0.1
+
+    variables = jax.tree_util.tree_map_with_path(fill, inception.abstract_variables())
+    path = str(tmp_path_factory.mktemp("inception") / "weights.npz")
+    inception.save_params(path, variables)
+    return path
+
+
+@pytest.fixture(scope="session")
 def classifier_path(tmp_path_factory):
     """One trained digits classifier (about 10 s) per test process."""
     from diffax.metrics import digits_classifier

@@ -105,41 +105,20 @@ def test_inception_score_matches_direct_kl_formula():
     np.testing.assert_allclose(mean, expected, rtol=1e-10)
 
 
-def test_precision_recall_of_identical_sets_is_one():
-    rng = np.random.default_rng(7)
-    features = rng.normal(size=(70, 6)).astype(np.float32)
-    # batch_size 32 does not divide 70: exercises the padded last block.
-    result = fid.precision_recall(features, features, k=3, batch_size=32)
-    np.testing.assert_allclose(float(result["precision"]), 1.0)
-    np.testing.assert_allclose(float(result["recall"]), 1.0)
-
-
-def test_precision_recall_of_far_apart_sets_is_zero():
-    rng = np.random.default_rng(8)
-    real = rng.normal(size=(40, 6)).astype(np.float32)
-    fake = rng.normal(size=(50, 6)).astype(np.float32) + 100.0
-    result = fid.precision_recall(real, fake, k=3, batch_size=16)
-    np.testing.assert_allclose(float(result["precision"]), 0.0)
-    np.testing.assert_allclose(float(result["recall"]), 0.0)
-
-
-def test_precision_recall_matches_brute_force_numpy():
-    rng = np.random.default_rng(9)
-    real = rng.normal(size=(60, 4))
-    fake = rng.normal(size=(45, 4)) * 1.5 + 0.5
-    k = 2
-
-    def radii(points):
-        distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
-        return np.sort(distances, axis=1)[:, k]  # column 0 is the point itself
-
-    def coverage(query, reference):
-        distances = np.linalg.norm(query[:, None] - reference[None], axis=-1)
-        return np.mean(np.any(distances <= radii(reference)[None], axis=1))
-
-    result = fid.precision_recall(real, fake, k=k, batch_size=16)
-    np.testing.assert_allclose(float(result["precision"]), coverage(fake, real), atol=1e-6)
-    np.testing.assert_allclose(float(result["recall"]), coverage(real, fake), atol=1e-6)
+def test_inception_score_with_split_size_averages_consecutive_chunks():
+    # guided-diffusion's evaluator: chunks of split_size rows (the last shorter), mean of scores.
+    # Chunk 1: 4 confident rows, one per class: 4. Chunk 2: one class only: 1. Chunk 3 (2 rows):
+    # two classes: 2.
+    classes = [0, 1, 2, 3, 5, 5, 5, 5, 6, 7]
+    probs = np.eye(8)[classes]
+    mean, _ = fid.inception_score(probs, split_size=4)
+    np.testing.assert_allclose(mean, (4 + 1 + 2) / 3, rtol=1e-12)
+    # 5000 (the evaluator's split size) > N: one split. p(y) is 4/10 for class 5, 1/10 for six
+    # others; a one-hot row's KL is log(1 / p(y)): IS = exp(0.6 log 10 + 0.4 log 2.5).
+    one_split, _ = fid.inception_score(probs, split_size=5000)
+    np.testing.assert_allclose(one_split, 10**0.6 * 2.5**0.4, rtol=1e-12)
+    with pytest.raises(ValueError, match="split_size"):
+        fid.inception_score(probs, split_size=0)
 
 
 def test_sample_metrics_combines_available_metrics(tmp_path):

@@ -93,6 +93,10 @@ def test_output_shapes_for_any_input_size():
     pool, logits = jax.eval_shape(inception.InceptionV3FID().apply, variables, images)
     chex.assert_shape(pool, (3, 2048))
     chex.assert_shape(logits, (3, 1008))
+    # sFID's mixed_6/conv: 17x17 for any input, which is resized to 299x299 first.
+    spatial_model = inception.InceptionV3FID(with_spatial=True)
+    outputs = jax.eval_shape(spatial_model.apply, variables, images)
+    chex.assert_shape(outputs, ((3, 2048), (3, 1008), (3, 17, 17, 192)))
 
 
 def _random_variables(seed: int) -> dict[str, np.ndarray]:
@@ -254,13 +258,15 @@ def _tf_inception(w, images):
         x = _tf_block_a(w, name, x)
     x = _tf_block_b(w, "Mixed_6a", x)
     for name in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
+        if name == "Mixed_6d":  # The graph's mixed_6/conv, computed on its own.
+            mixed_6_conv = _tf_conv_bn(w, f"{name}/branch1x1", x)
         x = _tf_block_c(w, name, x)
     x = _tf_block_d(w, "Mixed_7a", x)
     x = _tf_block_e(w, "Mixed_7b", x, max_pool=False)
     x = _tf_block_e(w, "Mixed_7c", x, max_pool=True)
     pool = tf.reshape(tf.nn.avg_pool2d(x, 8, 1, "VALID"), [-1, 2048])
     logits = tf.matmul(pool, w["fc/kernel"]) + w["fc/bias"]
-    return pool.numpy(), logits.numpy()
+    return pool.numpy(), logits.numpy(), mixed_6_conv.numpy()
 
 
 def test_sharded_forward_matches_tensorflow_reference(weights_file):
@@ -268,19 +274,19 @@ def test_sharded_forward_matches_tensorflow_reference(weights_file):
     rng = np.random.default_rng(2)
     # Odd, non-square size so the resize, SAME/VALID paddings and pool borders all matter.
     images = rng.uniform(-1, 1, size=(2, 37, 45, 3)).astype(np.float32)
-    expected_pool, expected_logits = _tf_inception(flat, images)
+    expected_pool, expected_logits, expected_spatial = _tf_inception(flat, images)
 
     variables = inception.load_params(path)
     mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    model = inception.InceptionV3FID()
+    model = inception.InceptionV3FID(with_spatial=True)
     forward = jax.jit(
         chex.assert_max_traces(lambda v, x: model.apply(v, x), n=1),
         in_shardings=(replicated, batch_sharding),
-        out_shardings=(batch_sharding, batch_sharding),
+        out_shardings=(batch_sharding,) * 3,
     )
-    pool, logits = forward(variables, jax.device_put(images, batch_sharding))
+    pool, logits, spatial = forward(variables, jax.device_put(images, batch_sharding))
     chex.assert_shape(pool, (2, 2048))
     chex.assert_shape(logits, (2, 1008))
     chex.assert_tree_all_finite((pool, logits))
@@ -292,6 +298,14 @@ def test_sharded_forward_matches_tensorflow_reference(weights_file):
     )
     np.testing.assert_allclose(
         np.asarray(logits), expected_logits, rtol=1e-3, atol=1e-3 * np.abs(expected_logits).max()
+    )
+    chex.assert_shape(spatial, (2, 17, 17, 192))
+    assert np.std(expected_spatial) > 1e-2
+    np.testing.assert_allclose(
+        np.asarray(spatial),
+        expected_spatial,
+        rtol=1e-3,
+        atol=1e-3 * np.abs(expected_spatial).max(),
     )
 
 

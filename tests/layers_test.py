@@ -24,13 +24,16 @@ LAYERS = [
     (
         "data and state",
         "train_state sharding checkpointing checksums compilation_cache preemption distributed "
-        "cpu_devices workdir_lock console weight_files dit_weights "
+        "cpu_devices workdir_lock console weight_files dit_weights openai_weights "
         "flag_errors images summaries vae_weights text_embeddings datasets "
         "input_pipeline metrics",
     ),
     ("builders", "build generate"),
     ("tasks", "tasks"),
-    ("evaluation support", "restore latents latent_cache sample_files sr_and_inpainting"),
+    (
+        "evaluation support",
+        "restore latents latent_cache sample_files sample_quality sr_and_inpainting",
+    ),
     ("evaluators", "evaluators"),
     ("jobs", "train evaluate validation main"),
     ("tools", "tools"),
@@ -176,3 +179,34 @@ def test_a_planted_loop_is_caught():
     sources = package_sources()
     sources["distributions"] += "\nfrom diffax import diffusion\n"  # diffusion imports it.
     assert ["diffusion", "distributions"] in cycles(import_graph(sources))
+
+
+# Modules below the builders that take a whole config, and why; every other one takes its part
+# (config.data, config.eval, ...) or plain values, so a new config section never reaches them.
+WHOLE_CONFIG_BELOW_BUILDERS = {
+    "checkpointing": "stores the config beside each checkpoint as a document, reading no field",
+    "cpu_devices": "counts the CPU devices every batch and the mesh split over, before JAX starts",
+    "config_checks": "moves an old saved config's flat model fields into their sections",
+}
+
+
+def whole_config_takers(sources: dict[str, str]) -> set[str]:
+    """Returns the modules with a function that has a parameter named `config`."""
+    found = set()
+    for name, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                if any(argument.arg == "config" for argument in arguments):
+                    found.add(name)
+    return found
+
+
+def test_below_the_builders_modules_take_config_parts_not_the_config():
+    builders = [name for name, _ in LAYERS].index("builders")
+    sources = package_sources()
+    below = {name: text for name, text in sources.items() if layer_of(name) < builders}
+    assert whole_config_takers(below) == set(WHOLE_CONFIG_BELOW_BUILDERS)
+    planted = dict(below)
+    planted["metrics.fid"] += "\n\ndef planted(config):\n    return config.eval\n"
+    assert "metrics.fid" in whole_config_takers(planted)

@@ -4,31 +4,11 @@ import json
 import logging
 
 import chex
-import jax
 import numpy as np
 import pytest
 
-from diffax.metrics import fid, inception, quality
-
-
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    """Small random weights for the full FID Inception-v3, saved with inception.save_params."""
-    rng = np.random.default_rng(0)
-
-    def fill(path, spec):
-        leaf = path[-1].key
-        if leaf == "kernel":
-            fan_in = int(np.prod(spec.shape[:-1]))
-            return rng.normal(size=spec.shape) * np.sqrt(2.0 / fan_in)
-        if leaf in ("scale", "var"):
-            return rng.uniform(0.5, 1.5, size=spec.shape)
-        return rng.normal(size=spec.shape) * 0.1
-
-    variables = jax.tree_util.tree_map_with_path(fill, inception.abstract_variables())
-    path = str(tmp_path_factory.mktemp("inception") / "weights.npz")
-    inception.save_params(path, variables)
-    return path
+from diffax import sample_quality
+from diffax.metrics import fid, quality
 
 
 def _no_eval_images(num_examples):
@@ -79,7 +59,7 @@ def test_read_as_tables_count_each_sample_once_by_named_and_read_digit(
     images, labels = test_images[:100], test_labels[:100].copy()
     labels[:20] = (labels[:20] + 1) % 10  # Group 0's first 20 of 50 samples name another digit.
     groups = np.repeat([0, 1], 50)
-    tables = quality.digits_read_as(config, images, labels, str(tmp_path), groups=groups)
+    tables = sample_quality.digits_read_as(config, images, labels, str(tmp_path), groups=groups)
     accuracy = quality.digits_quality(images, labels, classifier_path, groups=groups)
     assert set(tables) == {0, 1}
     for g in (0, 1):
@@ -90,11 +70,11 @@ def test_read_as_tables_count_each_sample_once_by_named_and_read_digit(
         )
         assert np.trace(tables[g]) / 50 == pytest.approx(accuracy[f"digits_class_accuracy_{g}"])
     # The 20 relabelled digits are read as what they are: mostly off the diagonal, one row up.
-    relabelled = quality.digits_read_as(config, images[:20], labels[:20], str(tmp_path))[0]
+    relabelled = sample_quality.digits_read_as(config, images[:20], labels[:20], str(tmp_path))[0]
     assert np.trace(relabelled) <= 2
     assert sum(relabelled[(d + 1) % 10, d] for d in range(10)) >= 18
     with pytest.raises(ValueError, match="groups must match"):
-        quality.digits_read_as(config, images, labels, str(tmp_path), groups=groups[:10])
+        sample_quality.digits_read_as(config, images, labels, str(tmp_path), groups=groups[:10])
 
 
 def test_noise_scores_far_above_the_floor_at_chance_accuracy(classifier_path):
@@ -119,7 +99,7 @@ def test_quality_metrics_gives_prefixed_plain_floats_for_digits(
 ):
     config = tiny_config(**{"eval.classifier_path": classifier_path})
     images = digits_split[2][:20]
-    results = quality.quality_metrics(
+    results = sample_quality.quality_metrics(
         config, images, digits_split[3][:20], str(tmp_path), _no_eval_images
     )
     assert set(results) == {
@@ -136,7 +116,7 @@ def test_quality_metrics_without_inception_weights_is_empty_and_says_why(tiny_co
     config.data.dataset = "cifar10"
     with caplog.at_level(logging.INFO):
         assert (
-            quality.quality_metrics(
+            sample_quality.quality_metrics(
                 config, np.zeros((4, 8, 8, 3)), None, "/nowhere", _no_eval_images
             )
             == {}

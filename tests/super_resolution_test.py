@@ -186,3 +186,14 @@ def test_shipped_upsampler_configs_validate_and_build():
         c = config.data.num_channels
         assert params["input_conv"]["kernel"].shape[2] == 2 * c
         assert config.super_resolution.low_res_size == low and config.data.image_size == size
+
+
+def test_a_model_without_the_level_input_gets_the_same_image_and_no_level():
+    low = jax.random.uniform(jax.random.PRNGKey(0), (2, 4, 4, 3), minval=-1.0, maxval=1.0)
+    key = jax.random.PRNGKey(1)
+    with_level = super_resolution.conditioning_from_low_res(low, key, image_size=8, aug_level=0.0)
+    without = super_resolution.conditioning_from_low_res(
+        low, key, image_size=8, aug_level=0.0, embed_level=False
+    )
+    assert set(without) == {"concat"}
+    np.testing.assert_array_equal(without["concat"], with_level["concat"])

@@ -46,6 +46,18 @@ TOOLS = [
     ),
     ("benchmark", "--steps", ["--config=configs/nope.py"], ["--config=configs/nope.py"]),
     ("make_vae_fixture", "--output_dir", None, None),  # Writes a fixture: no input to get wrong.
+    ("make_openai_fixture", "--guided_diffusion", None, None),
+    (
+        "import_checkpoint",
+        "--checkpoint",
+        [
+            "--source=guided-diffusion",
+            f"--checkpoint={MISSING}/x.pt",
+            "--config=configs/published/adm_imagenet256_cond.py",
+            "--workdir={empty}/w",
+        ],
+        [f"{MISSING}/x.pt", "No such file"],
+    ),
     # A library of FLOP counts, not a command: --help and any run say where its figures are.
     ("flops", "diffax.tools.benchmark", [], ["is a library", "diffax.tools.benchmark"]),
 ]

@@ -1,5 +1,7 @@
 """Tests of config validation: every bad field gets one sentence naming it and the choices."""
 
+import importlib
+import os
 import re
 
 import hypothesis
@@ -471,3 +473,53 @@ def test_samples_that_do_not_fit_in_host_memory_are_refused_naming_the_largest_t
 def test_the_available_host_memory_is_read():
     available = generate.available_host_bytes()
     assert available is None or 0 < available < 2**50
+
+
+PUBLISHED_OPENAI = sorted(
+    name[:-3]
+    for name in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs", "published"))
+    if name.startswith(("adm_", "iddpm_"))
+)
+
+
+@pytest.mark.parametrize("name", PUBLISHED_OPENAI)
+def test_published_openai_configs_are_valid(name):
+    config = importlib.import_module(f"configs.published.{name}").get_config()
+    validation.validate_config(config, device_count=8)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("training.label_dropout", 0.1),
+        ("eval.guidance_scale", 1.0),
+        ("eval.ode_bpd", True),
+        ("inpainting.repaint", True),
+        ("eval.evaluators", ("bpd", "samples")),
+    ],
+)
+def test_what_needs_the_null_class_is_refused_for_a_model_without_one(field, value):
+    config = importlib.import_module("configs.published.adm_imagenet64_cond").get_config()
+    _set(config, field, value)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(field)}=.*needs the null class"):
+        validation.validate_config(config, device_count=8)
+    config.model.unet.null_class = True  # The same request is fine with a null class.
+    validation.validate_config(config, device_count=8)
+
+
+def test_a_model_without_the_null_class_scores_bits_per_dim_given_the_label():
+    config = importlib.import_module("configs.published.adm_imagenet64_cond").get_config()
+    config.eval.evaluators = ()
+    assert tasks.get(config).evaluators(config) == ("conditional_bpd", "samples")
+
+
+@pytest.mark.parametrize(
+    "field", ["super_resolution.sample_aug_level", "super_resolution.train_aug_max"]
+)
+def test_an_upsampler_without_the_level_input_refuses_an_augmentation_level(field):
+    config = importlib.import_module("configs.published.adm_upsampler_64_256").get_config()
+    _set(config, field, 0.1)
+    with pytest.raises(
+        ConfigError, match=rf"{re.escape(field)}=0\.1 needs super_resolution\.level_cond=True"
+    ):
+        validation.validate_config(config, device_count=8)

@@ -10,12 +10,12 @@ from diffax import (
     input_pipeline,
     restore,
     sample_files,
+    sample_quality,
     sr_and_inpainting,
     text_embeddings,
 )
 from diffax.datasets import captions
 from diffax.evaluators import common
-from diffax.metrics import quality
 
 
 def evaluate(context: common.Context) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def evaluate(context: common.Context) -> dict[str, Any]:
     if config.eval.quality_metrics:
         templates = None if image_task else generator.prompt_templates(len(samples))
         results.update(
-            quality.quality_metrics(
+            sample_quality.quality_metrics(
                 config,
                 samples,
                 # Text: the digit each held-out prompt names is the label to recognise.
@@ -97,8 +97,8 @@ def evaluate(context: common.Context) -> dict[str, Any]:
 
 def _read_as_by_template(config, samples, labels, workdir, templates) -> dict[str, dict]:
     """Returns {held-out template: {digit named: [10] counts of the digit the classifier reads]}}
-    (quality.digits_read_as): which prompts a text model misreads, and as what."""
-    tables = quality.digits_read_as(config, samples, labels, workdir, groups=templates)
+    (sample_quality.digits_read_as): which prompts a text model misreads, and as what."""
+    tables = sample_quality.digits_read_as(config, samples, labels, workdir, groups=templates)
     return {
         captions.HELDOUT_TEMPLATES[g]: {str(d): row.tolist() for d, row in enumerate(table)}
         for g, table in tables.items()

@@ -8,15 +8,19 @@ tested without any network:
 - Inception Score (Salimans et al. 2016, "Improved Techniques for Training GANs", sec. 4),
   exp(E_x KL(p(y|x) || p(y))), averaged over splits as in their released code; NumPy, float64.
 - Improved precision and recall (Kynkäänniemi et al. 2019, "Improved Precision and Recall Metric
-  for Assessing Generative Models", sec. 2); JAX, batched pairwise distances, jit-able.
+  for Assessing Generative Models", sec. 2): `diffax.metrics.manifold`, as guided-diffusion's
+  evaluator computes them.
+
+guided-diffusion's `evaluations/evaluator.py` (the ADM and DiT papers' numbers) uses the same
+Fréchet distance (there with scipy's sqrtm of S1 S2; the two agree to 1e-8 relative or better) and
+this Inception Score with `split_size=5000`.
 """
 
-import functools
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from diffax.metrics import manifold
 
 STATISTICS_KEYS = ("mu", "sigma")
 
@@ -95,19 +99,31 @@ def _looks_like_probabilities(values: np.ndarray) -> bool:
 
 
 def inception_score(
-    logits_or_probs: np.ndarray, num_splits: int = 10, from_logits: bool | None = None
+    logits_or_probs: np.ndarray,
+    num_splits: int = 10,
+    from_logits: bool | None = None,
+    split_size: int | None = None,
 ) -> tuple[float, float]:
-    """Returns (mean, std) over `num_splits` splits of exp(E_x KL(p(y|x) || p(y))); >= 1.
+    """Returns (mean, std) over splits of exp(E_x KL(p(y|x) || p(y))); >= 1.
 
     Input is [N, K] class logits or probabilities. `from_logits=None` detects probabilities
     (non-negative rows summing to 1); pass True/False to force. Splits are consecutive chunks of
-    the N rows, as in the Salimans et al. 2016 code.
+    the N rows: `num_splits` near-equal ones, as in the Salimans et al. 2016 code, or with
+    `split_size` chunks of that many rows and a shorter last one, as guided-diffusion's evaluator
+    (split_size=5000, whose figure is the mean).
     """
     values = np.asarray(logits_or_probs, dtype=np.float64)  # [N, K]
     if values.ndim != 2:
         raise ValueError(f"Expected [N, K] logits or probabilities, got shape {values.shape}")
-    if num_splits < 1 or num_splits > values.shape[0]:
-        raise ValueError(f"num_splits must be in [1, N={values.shape[0]}], got {num_splits}")
+    n = values.shape[0]
+    if split_size is not None:
+        if split_size < 1:
+            raise ValueError(f"split_size must be >= 1, got {split_size}")
+        bounds = [(start, min(start + split_size, n)) for start in range(0, n, split_size)]
+    elif num_splits < 1 or num_splits > n:
+        raise ValueError(f"num_splits must be in [1, N={n}], got {num_splits}")
+    else:
+        bounds = [(s * n // num_splits, (s + 1) * n // num_splits) for s in range(num_splits)]
     if from_logits is None:
         from_logits = not _looks_like_probabilities(values)
     if from_logits:
@@ -117,10 +133,8 @@ def inception_score(
         with np.errstate(divide="ignore"):
             log_probs = np.log(values)  # [N, K], -inf where p = 0
     probs = np.exp(log_probs)  # [N, K]
-    n = values.shape[0]
     scores = []
-    for split in range(num_splits):
-        start, stop = split * n // num_splits, (split + 1) * n // num_splits
+    for start, stop in bounds:
         part_probs, part_log_probs = probs[start:stop], log_probs[start:stop]
         # 0 * log 0 = 0: where p(y|x) = 0 the KL term vanishes (so does p(y) only there).
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -128,68 +142,6 @@ def inception_score(
             kl_terms = np.where(part_probs > 0, part_probs * (part_log_probs - log_marginal), 0.0)
         scores.append(np.exp(kl_terms.sum(axis=-1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
-
-
-def _squared_distances(query: jax.Array, reference: jax.Array) -> jax.Array:
-    """Returns [Q, R] squared Euclidean distances, clipped at 0 against round-off."""
-    query_sq = jnp.sum(query * query, axis=-1)[:, None]  # [Q, 1]
-    reference_sq = jnp.sum(reference * reference, axis=-1)[None, :]  # [1, R]
-    cross = jnp.matmul(query, reference.T, precision=jax.lax.Precision.HIGHEST)  # [Q, R]
-    return jnp.maximum(query_sq + reference_sq - 2.0 * cross, 0.0)
-
-
-def _map_in_batches(fn, query: jax.Array, batch_size: int) -> jax.Array:
-    """Applies fn to [batch_size, D] row chunks of query (zero-padded) and concatenates [Q, ...]."""
-    num_rows = query.shape[0]
-    num_batches = -(-num_rows // batch_size)
-    padded = jnp.pad(query, ((0, num_batches * batch_size - num_rows), (0, 0)))
-    chunks = padded.reshape(num_batches, batch_size, query.shape[-1])  # [NB, b, D]
-    out = jax.lax.map(fn, chunks)  # [NB, b, ...]
-    return out.reshape((num_batches * batch_size,) + out.shape[2:])[:num_rows]
-
-
-def _squared_knn_radii(features: jax.Array, k: int, batch_size: int) -> jax.Array:
-    """Returns [N] squared distance from each point to its k-th nearest other point in the set."""
-
-    def radii(chunk):
-        distances = _squared_distances(chunk, features)  # [b, N]
-        # The k+1 smallest include the point itself at distance 0 (paper: "k-th nearest neighbour").
-        smallest = -jax.lax.top_k(-distances, k + 1)[0]  # [b, k+1]
-        return smallest[:, k]
-
-    return _map_in_batches(radii, features, batch_size)
-
-
-def _fraction_in_manifold(
-    query: jax.Array, reference: jax.Array, reference_radii_sq: jax.Array, batch_size: int
-) -> jax.Array:
-    """Returns the fraction of query rows within the k-NN radius of at least one reference row."""
-
-    def inside(chunk):
-        distances = _squared_distances(chunk, reference)  # [b, R]
-        return jnp.any(distances <= reference_radii_sq[None, :], axis=-1)  # [b]
-
-    return jnp.mean(_map_in_batches(inside, query, batch_size).astype(jnp.float32))
-
-
-@functools.partial(jax.jit, static_argnames=("k", "batch_size"))
-def precision_recall(
-    real_features: jax.Array, fake_features: jax.Array, k: int = 3, batch_size: int = 1024
-) -> dict[str, jax.Array]:
-    """Returns {"precision", "recall"} in [0, 1] (improved P/R, Kynkäänniemi et al. 2019).
-
-    precision: fraction of fake rows inside the real manifold (union of k-NN balls of real rows);
-    recall: fraction of real rows inside the fake manifold. Pairwise distances are computed in
-    [batch_size, N] blocks so memory is O(batch_size * N).
-    """
-    real = jnp.asarray(real_features, jnp.float32)  # [N, D]
-    fake = jnp.asarray(fake_features, jnp.float32)  # [M, D]
-    real_radii_sq = _squared_knn_radii(real, k, batch_size)  # [N]
-    fake_radii_sq = _squared_knn_radii(fake, k, batch_size)  # [M]
-    return {
-        "precision": _fraction_in_manifold(fake, real, real_radii_sq, batch_size),
-        "recall": _fraction_in_manifold(real, fake, fake_radii_sq, batch_size),
-    }
 
 
 def sample_metrics(
@@ -220,7 +172,5 @@ def sample_metrics(
             fake_logits, num_splits=splits, from_logits=True
         )
     if real_features is not None:
-        pr = precision_recall(np.asarray(real_features), fake_features, k=k)
-        metrics["precision"] = float(pr["precision"])
-        metrics["recall"] = float(pr["recall"])
+        metrics.update(manifold.precision_recall(np.asarray(real_features), fake_features, k=k))
     return metrics

@@ -22,7 +22,13 @@ affine uint8 -> [-1, 1] map gives the same result.
 
 Outputs: `(pool, logits)`: pool3 features [B, 2048] (the FID features) and 1008-way logits [B, 1008]
 (for IS; note the Salimans et al. IS code multiplies pool3 by `softmax/weights` WITHOUT the bias,
-which `include_logits_bias=False` reproduces).
+which `include_logits_bias=False` reproduces). With `with_spatial=True` also the graph's
+`mixed_6/conv` [B, 17, 17, 192], the spatial features of sFID (Nash et al. 2021, "Generating Images
+with Sparse Representations"; guided-diffusion's `evaluations/evaluator.py` keeps its first 7
+channels). The graph names its Inception blocks mixed, mixed_1, ..., mixed_10, so mixed_6 is
+Mixed_6d; a block's `conv` scope is the branch1x1 of pytorch-fid's FIDInceptionC
+(`graph_def_layer_names` below), and the op named `mixed_6/conv` ends that scope, after its
+`conv/batchnorm`: the layer's output, conv + BN + ReLU.
 
 Weight file format (.npz, float32): one array per leaf with flat "/"-joined keys from the module
 tree, e.g. "Conv2d_1a_3x3/conv/kernel" [3, 3, 3, 32] (HWIO), "Conv2d_1a_3x3/bn/scale",
@@ -161,6 +167,7 @@ class InceptionC(nn.Module):
 
     channels_7x7: int
     precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST
+    return_conv: bool = False  # Also return branch1x1 [B, 17, 17, 192] (the graph's "conv").
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -177,7 +184,9 @@ class InceptionC(nn.Module):
         branch7x7dbl = conv(192, (1, 7), name="branch7x7dbl_5")(branch7x7dbl)
         branch_pool = _avg_pool_same_excluding_padding(x)
         branch_pool = conv(192, (1, 1), name="branch_pool")(branch_pool)
-        return jnp.concatenate([branch1x1, branch7x7, branch7x7dbl, branch_pool], axis=-1)
+        out = jnp.concatenate([branch1x1, branch7x7, branch7x7dbl, branch_pool], axis=-1)
+        # branch1x1 is the graph's "<block>/conv"; mixed_6/conv is sFID's layer.
+        return (out, branch1x1) if self.return_conv else out
 
 
 class InceptionD(nn.Module):
@@ -238,16 +247,19 @@ class InceptionE(nn.Module):
 
 
 class InceptionV3FID(nn.Module):
-    """The 2015 TF Inception-v3 graph used by FID/IS: [B, H, W, 3] in [-1, 1] -> pool, logits."""
+    """The 2015 TF Inception-v3 graph used by FID/IS: [B, H, W, 3] in [-1, 1] -> pool, logits
+    (and with with_spatial the sFID layer mixed_6/conv)."""
 
     resize_input: bool = True  # Resize to 299x299 (TF1 ResizeBilinear) inside the network.
     include_logits_bias: bool = True  # False gives the bias-free logits of the Salimans IS code.
     # float32 convolutions by default, so FID does not depend on an accelerator's default
     # (bf16 / TF32) matmul precision; None uses the platform default (faster, less exact).
     precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST
+    # Also return mixed_6/conv [B, 17, 17, 192] (sFID's spatial features; module doc).
+    with_spatial: bool = False
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, ...]:
         conv = functools.partial(ConvBN, precision=self.precision)
         x = jnp.asarray(images, jnp.float32)  # [B, H, W, 3]
         if self.resize_input:
@@ -265,7 +277,9 @@ class InceptionV3FID(nn.Module):
         x = InceptionB(precision=self.precision, name="Mixed_6a")(x)  # [B, 17, 17, 768]
         x = InceptionC(128, precision=self.precision, name="Mixed_6b")(x)
         x = InceptionC(160, precision=self.precision, name="Mixed_6c")(x)
-        x = InceptionC(160, precision=self.precision, name="Mixed_6d")(x)
+        x, mixed_6_conv = InceptionC(
+            160, precision=self.precision, return_conv=True, name="Mixed_6d"
+        )(x)  # mixed_6_conv: [B, 17, 17, 192], the graph's "mixed_6/conv"
         x = InceptionC(192, precision=self.precision, name="Mixed_6e")(x)  # [B, 17, 17, 768]
         x = InceptionD(precision=self.precision, name="Mixed_7a")(x)  # [B, 8, 8, 1280]
         x = InceptionE("avg", precision=self.precision, name="Mixed_7b")(x)  # [B, 8, 8, 2048]
@@ -274,6 +288,8 @@ class InceptionV3FID(nn.Module):
         logits = nn.Dense(
             NUM_LOGITS, use_bias=self.include_logits_bias, precision=self.precision, name="fc"
         )(pool)
+        if self.with_spatial:
+            return pool, logits, mixed_6_conv  # [B, 2048], [B, 1008], [B, 17, 17, 192]
         return pool, logits  # [B, 2048], [B, 1008]
 
 

@@ -1,14 +1,14 @@
 """Sample quality of generated images: digits Fréchet distance and class accuracy, FID/IS/PR.
 
-Two feature networks, picked by the dataset:
+Functions of arrays and file paths; `diffax.sample_quality` picks them from the config. Two
+feature networks, one per kind of data set:
 
 - digits (8x8, 17 levels): the small CNN of `diffax.metrics.digits_classifier`, trained once (about
   10 s on CPU) and cached. Its 128-d features give a Fréchet distance to the digits test split; its
   logits give the fraction of class-conditional samples classified as their conditioning label.
 - any other dataset: the 2015 FID Inception-v3 (`diffax.metrics.inception`), whose weights must be
-  supplied as an .npz (`eval.inception_weights`; how to get them: that module's docstring). It gives
-  FID against reference statistics (`diffax.metrics.reference`), Inception Score, and improved
-  precision/recall.
+  supplied as an .npz (how to get them: that module's docstring). It gives FID against reference
+  statistics (`diffax.metrics.reference`), Inception Score, and improved precision/recall.
 
 Samples are [N, H, W, C] float in [-1, 1]. Before any network sees them they are snapped to the
 grid they would be saved on: the data's levels for the digits, uint8 for Inception (the 2015
@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -214,62 +213,17 @@ def inception_quality(
     return {key: float(value) for key, value in metrics.items()}
 
 
-def quality_metrics(
-    config: ml_collections.ConfigDict,
-    samples: np.ndarray,
-    labels: np.ndarray | None,
-    workdir: str,
-    eval_images_fn: reference.ImagesFn,
-    groups: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Returns the dataset's quality metrics as plain floats keyed "samples/<metric>" (groups: see
-    digits_quality).
-
-    digits: digits_quality (classifier at eval.classifier_path, default WORKDIR/digits_classifier)
-    of the samples brought to 8x8 by `to_digits_size` when larger (decoded latents: 32x32);
-    other datasets: inception_quality when eval.inception_weights is set, else {} (logged).
-    eval_images_fn(n) returns the first n (-1: all) images of data.eval_split.
-    """
-    ev = config.eval
-    if config.data.dataset == "digits":
-        samples, classifier_path = _for_digits_classifier(config, samples, workdir)
-        metrics = digits_quality(
-            samples, labels, classifier_path, config.data.num_levels, groups=groups
-        )
-    elif ev.inception_weights:
-
-        def reference_fn(feature_fn):
-            if ev.reference_stats:
-                stats, images = reference.load_reference(os.fspath(ev.reference_stats), feature_fn)
-            else:
-                stats = reference.reference_statistics(config, feature_fn, eval_images_fn)
-                images = None
-            return stats, eval_images_fn(samples.shape[0]) if images is None else images
-
-        metrics = inception_quality(samples, ev.inception_weights, ev.batch_size, reference_fn)
-    else:
-        logging.info(
-            "FID/IS/precision/recall skipped: they need eval.inception_weights, an .npz of the "
-            "2015 FID Inception-v3 weights (where to get and how to convert them: the module "
-            "docstring of diffax/metrics/inception.py)."
-        )
-        metrics = {}
-    return {f"samples/{key}": float(value) for key, value in metrics.items()}
-
-
 def digits_read_as(
-    config: ml_collections.ConfigDict,
     samples: np.ndarray,
     labels: np.ndarray,
-    workdir: str,
+    classifier_path: str,
+    num_levels: int = 17,
     groups: np.ndarray | None = None,
 ) -> dict[int, np.ndarray]:
     """Returns {group: int [10, 10]}: row d counts the group's samples conditioned on digit d by
     the digit the digits classifier reads (column), the confusions behind each group's
-    digits_class_accuracy; groups None puts every sample in group 0. Classifier and resizing as
-    quality_metrics."""
-    samples, classifier_path = _for_digits_classifier(config, samples, workdir)
-    samples = images_lib.snap(np.asarray(samples, np.float32), config.data.num_levels)
+    digits_class_accuracy; groups None puts every sample in group 0. Samples at 8x8."""
+    samples = images_lib.snap(np.asarray(samples, np.float32), num_levels)
     labels = np.asarray(labels).reshape(-1)
     groups = np.zeros_like(labels) if groups is None else np.asarray(groups).reshape(-1)
     if not labels.shape == groups.shape == samples.shape[:1]:
@@ -286,18 +240,3 @@ def digits_read_as(
         np.add.at(table, (labels[groups == g], predicted[groups == g]), 1)
         tables[int(g)] = table
     return tables
-
-
-def _for_digits_classifier(
-    config: ml_collections.ConfigDict, samples: np.ndarray, workdir: str
-) -> tuple[np.ndarray, str]:
-    """Returns (samples at the classifier's 8x8, its path: eval.classifier_path or
-    WORKDIR/digits_classifier)."""
-    if samples.shape[1] != digits_classifier.IMAGE_SHAPE[0]:
-        logging.info(
-            "Digits metrics on %s samples brought to 8x8 (the classifier's size) by the "
-            "least-squares inverse of the pipeline's bilinear upscaling.",
-            "x".join(map(str, samples.shape[1:3])),
-        )
-    path = config.eval.classifier_path or os.path.join(workdir, "digits_classifier")
-    return to_digits_size(samples), path

@@ -91,6 +91,9 @@ class NoisyClassifier(nn.Module):
     resblock_updown: bool = False  # BigGAN residual downsampling (ADM section 3)
     use_scale_shift_norm: bool = False  # AdaGN from the timestep embedding (ADM section 3)
     conv_resample: bool = True  # learned 3x3 stride-2 conv in the plain downsample layers
+    # q, k, v split before heads in the attention blocks (the pool always splits them first, as
+    # guided-diffusion's); False: heads first, the order of guided-diffusion's classifiers.
+    use_new_attention_order: bool = True
     dtype: Any = jnp.float32  # compute dtype; params, norms, the pool and the logits are float32
     remat: bool = False  # rematerialise residual and attention blocks in the backward pass
 
@@ -140,9 +143,13 @@ class NoisyClassifier(nn.Module):
             )(h, emb)
 
         def attn(h, name):
-            return attn_block(self.num_heads, self.num_head_channels, dtype=self.dtype, name=name)(
-                h
-            )
+            return attn_block(
+                self.num_heads,
+                self.num_head_channels,
+                dtype=self.dtype,
+                use_new_attention_order=self.use_new_attention_order,
+                name=name,
+            )(h)
 
         # Timestep embedding in float32, as the U-Net's (parameter names shared with it).
         emb_dim = 4 * self.ch

@@ -178,6 +178,10 @@ class AttentionBlock(nn.Module):
     num_heads: int = 1
     num_head_channels: int = -1
     dtype: Dtype = jnp.float32
+    # How the 3C qkv channels split: q, k, v first, then heads (ADM's "new attention order");
+    # False: heads first, then q, k, v within each head (the legacy order of improved-diffusion
+    # and of guided-diffusion without use_new_attention_order). Same parameters either way.
+    use_new_attention_order: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -188,8 +192,10 @@ class AttentionBlock(nn.Module):
         h = group_norm(x, "norm").reshape(batch, height * width, channels)  # [B, L, C]
         # A 1x1 conv on the flattened positions is a Dense layer (DDPM's NIN layers).
         qkv = nn.Dense(3 * channels, dtype=self.dtype, param_dtype=jnp.float32, name="qkv")(h)
-        # Split into q, k, v first, then into heads (ADM's "new attention order").
-        qkv = qkv.reshape(batch, height * width, 3, heads, head_dim)  # [B, L, 3, heads, d]
+        if self.use_new_attention_order:  # Channel (j, head, i): q, k, v first, then heads.
+            qkv = qkv.reshape(batch, height * width, 3, heads, head_dim)  # [B, L, 3, heads, d]
+        else:  # Channel (head, j, i): heads first.
+            qkv = qkv.reshape(batch, height * width, heads, 3, head_dim).swapaxes(2, 3)
         scale = head_dim**-0.25
         q, k, v = qkv[:, :, 0] * scale, qkv[:, :, 1] * scale, qkv[:, :, 2]  # [B, L, heads, d]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)

@@ -62,6 +62,11 @@ def check_hyperparameters(hp: Mapping[str, Any], field: str, image_size: int) ->
             f"{f}num_head_channels={head_channels!r} must be a positive integer or -1."
         )
     number(hp["dropout"], f + "dropout", 0.0, 1.0, high_open=True)
+    for flag in ("use_new_attention_order", "null_class"):  # The classifier has no null_class.
+        if flag in hp and not isinstance(hp[flag], bool):
+            raise ConfigError(f"{f}{flag}={hp[flag]!r} must be True or False.")
+    if "timestep_scale" in hp:
+        number(hp["timestep_scale"], f + "timestep_scale", 0.0, float("inf"), low_open=True)
     bad_widths = [w for w in widths if w % NUM_GROUPS]
     if bad_widths:
         raise ConfigError(
@@ -111,6 +116,14 @@ class UNet(nn.Module):
     use_scale_shift_norm: bool = False  # AdaGN: GN(h) * (1 + scale) + shift (ADM section 3)
     conv_resample: bool = True  # learned 3x3 conv in the plain down/upsample layers
     num_classes: int = 0  # > 0: class-conditional; label num_classes is the learned null class
+    # The label table's extra row num_classes, the null class of classifier-free guidance; ADM's
+    # published class-conditional checkpoints have none (False: num_classes rows).
+    null_class: bool = True
+    # q, k, v split before heads (True) or heads first (guided-diffusion's use_new_attention_order
+    # False, improved-diffusion): see layers.AttentionBlock.
+    use_new_attention_order: bool = True
+    # The network embeds t * timestep_scale: 1000 / T for improved-diffusion's rescale_timesteps.
+    timestep_scale: float = 1.0
     dtype: Any = jnp.float32  # compute dtype; params, norms, softmax and the output are float32
     remat: bool = False  # rematerialise residual and attention blocks in the backward pass
     # Exponents n of sin/cos(2^n pi x) channels appended to the input (VDM sec. 3.4); () none.
@@ -196,18 +209,25 @@ class UNet(nn.Module):
                     self.num_heads, self.num_head_channels, dtype=self.dtype, name=name
                 )
                 return block(h, context, context_mask)
-            return attn_block(self.num_heads, self.num_head_channels, dtype=self.dtype, name=name)(
-                h
-            )
+            return attn_block(
+                self.num_heads,
+                self.num_head_channels,
+                dtype=self.dtype,
+                use_new_attention_order=self.use_new_attention_order,
+                name=name,
+            )(h)
 
         # Timestep (and label) embedding, kept in float32 as in ADM (time_embed is not fp16).
         emb_dim = 4 * self.ch
+        if self.timestep_scale != 1.0:
+            t = jnp.asarray(t, jnp.float32) * self.timestep_scale
         emb = timestep_embedding(t, self.ch)  # [B, ch]
         emb = nn.Dense(emb_dim, param_dtype=jnp.float32, name="time_embed_0")(emb)
         emb = nn.Dense(emb_dim, param_dtype=jnp.float32, name="time_embed_1")(nn.silu(emb))
         if self.num_classes > 0:
             # One extra row: the learned null label for classifier-free guidance (Ho & Salimans).
-            label_emb = nn.Embed(self.num_classes + 1, emb_dim, name="label_embed")
+            rows = self.num_classes + 1 if self.null_class else self.num_classes
+            label_emb = nn.Embed(rows, emb_dim, name="label_embed")
             emb = emb + label_emb(jnp.asarray(y, jnp.int32))  # [B, 4ch]
         if self.level_cond:
             emb = emb + LevelEmbedding(emb_dim, self.ch, name="aug_level_embed")(aug_level)

@@ -88,12 +88,24 @@ def init_state(
 ) -> TrainState:
     """Returns a fresh train state (pure; jit it with out_shardings to allocate it sharded)."""
     param_rng, state_rng = jax.random.split(rng)
+    return state_from_params(init_params(param_rng, model, config), state_rng, tx=tx, config=config)
+
+
+def state_from_params(
+    params: Any,
+    rng: jax.Array,
+    *,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+) -> TrainState:
+    """Returns the step-0 train state holding `params` (every EMA a copy of them, a fresh
+    optimizer state): a fresh run's, or imported weights' (pure)."""
     return TrainState.create(
-        params=init_params(param_rng, model, config),
+        params=params,
         tx=tx,
         ema_rates=tuple(config.training.ema_rates),
         ema_warmup=config.training.ema_warmup,
-        rng=state_rng,
+        rng=rng,
         sampler_state=timestep_sampler_lib.loss_second_moment_init(config.diffusion.num_timesteps),
     )
 

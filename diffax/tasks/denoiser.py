@@ -176,8 +176,10 @@ class Denoiser(base.Task):
         )
 
     def check(self, config):
-        """Checks the sampler's steps against the discrete chain."""
+        """Checks the sampler's steps against the discrete chain, and that nothing asks a model
+        without a null class for one."""
         super().check(config)
+        _check_null_class(config, self.evaluators(config))
         ev, d = config.eval, config.diffusion
         if ev.sample_steps > d.num_timesteps:
             raise config_checks.ConfigError(
@@ -203,6 +205,8 @@ class Denoiser(base.Task):
                 raise config_checks.ConfigError(str(e)) from None
 
     def default_evaluators(self, config):
+        if build.lacks_null_class(config):  # p(x|y) is the only bound such a model has.
+            return ("conditional_bpd", "samples")
         names = ["bpd"]
         if config.eval.ode_bpd:
             names.append("ode_bpd")
@@ -214,6 +218,28 @@ class Denoiser(base.Task):
         ):
             names.append("conditional_bpd")
         return (*names, "samples")
+
+
+def _check_null_class(config: ml_collections.ConfigDict, evaluators: tuple[str, ...]) -> None:
+    """Raises ConfigError in one sentence when a class-conditional model without a null class
+    (model.unet.null_class=False) is asked for one: label dropout, classifier-free guidance,
+    RePaint's unconditional model, p(x) bits/dim."""
+    if not build.lacks_null_class(config):
+        return
+    uses = {
+        "training.label_dropout": config.training.label_dropout,
+        "eval.guidance_scale": config.eval.guidance_scale,
+        "eval.ode_bpd": config.eval.ode_bpd,
+        "inpainting.repaint": config.inpainting.repaint,
+        "eval.evaluators": [n for n in evaluators if n in ("bpd", "ode_bpd")],
+    }
+    for field, value in uses.items():
+        if value:
+            raise config_checks.ConfigError(
+                f"{field}={value!r} needs the null class, which this model lacks "
+                "(model.unet.null_class=False, as ADM's checkpoints); use 0, False or "
+                "'conditional_bpd'."
+            )
 
 
 TASK = Denoiser()

@@ -31,10 +31,16 @@ from absl import flags
 
 from diffax import tools
 
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "tests/data/dit_tiny", "Where the fixture goes.")
-_DIT_REPO = flags.DEFINE_string("dit_repo", None, "A checkout of facebookresearch/DiT.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seeds the weights and the inputs.")
-_FULL_SIZE = flags.DEFINE_bool("full_size", False, "Print DiT-XL/2's parameter count instead.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the tool's flags (at run time: make_vae_fixture also has --output_dir and --seed)."""
+    flags.DEFINE_string("output_dir", "tests/data/dit_tiny", "Where the fixture goes.")
+    flags.DEFINE_string("dit_repo", None, "A checkout of facebookresearch/DiT.")
+    flags.DEFINE_integer("seed", 0, "Seeds the weights and the inputs.")
+    flags.DEFINE_bool("full_size", False, "Print DiT-XL/2's parameter count instead.")
+
 
 # The tiny DiT: 8x8x4 inputs in 2x2 patches (16 tokens), 2 blocks of width 32, 10 classes.
 TINY = dict(
@@ -56,25 +62,25 @@ def main(argv):
     del argv
     import torch  # The fixture environment's, not diffax's.
 
-    sys.path.insert(0, os.path.abspath(_DIT_REPO.value))
+    sys.path.insert(0, os.path.abspath(FLAGS.dit_repo))
     from models import DiT, DiT_XL_2  # facebookresearch/DiT's models.py.
 
-    if _FULL_SIZE.value:
+    if FLAGS.full_size:
         model = DiT_XL_2(input_size=32, num_classes=1000)
         layout = {k: list(v.shape) for k, v in model.state_dict().items()}
-        os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-        with open(os.path.join(_OUTPUT_DIR.value, "dit_xl2_layout.json"), "w") as f:
+        os.makedirs(FLAGS.output_dir, exist_ok=True)
+        with open(os.path.join(FLAGS.output_dir, "dit_xl2_layout.json"), "w") as f:
             json.dump(layout, f, indent=0)
         print(json.dumps({"DiT-XL/2 parameters": sum(p.numel() for p in model.parameters())}))
         return
-    torch.manual_seed(_SEED.value)
+    torch.manual_seed(FLAGS.seed)
     model = DiT(**TINY).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name != "pos_embed":  # The fixed sine-cosine code stays as DiT computes it.
                 param.copy_(torch.randn_like(param) * 0.1)
                 param.copy_(param.half().float())  # The float16 file holds exactly these.
-    rng = np.random.default_rng(_SEED.value)
+    rng = np.random.default_rng(FLAGS.seed)
     size, channels = TINY["input_size"], TINY["in_channels"]
     x = rng.standard_normal((BATCH, size, size, channels)).astype(np.float32)
     t = np.array([0, 500, 999], np.int64)
@@ -83,24 +89,25 @@ def main(argv):
         out = model(
             torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(t), torch.from_numpy(y)
         )
-    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
     # float16 weights; the fixed pos_embed stays float32, as diffax computes it.
     state = {
         k: v.detach().numpy() if k == "pos_embed" else v.detach().half().numpy()
         for k, v in model.state_dict().items()
     }
-    np.savez(os.path.join(_OUTPUT_DIR.value, "dit.npz"), **state)
+    np.savez(os.path.join(FLAGS.output_dir, "dit.npz"), **state)
     np.savez(
-        os.path.join(_OUTPUT_DIR.value, "reference.npz"),
+        os.path.join(FLAGS.output_dir, "reference.npz"),
         x=x,
         t=t.astype(np.int32),
         y=y.astype(np.int32),
         out=out.permute(0, 2, 3, 1).numpy().astype(np.float32),
     )
-    with open(os.path.join(_OUTPUT_DIR.value, "config.json"), "w") as f:
+    with open(os.path.join(FLAGS.output_dir, "config.json"), "w") as f:
         json.dump(TINY, f, indent=2)
-    print(f"Wrote {_OUTPUT_DIR.value}: {len(state)} tensors.")
+    print(f"Wrote {FLAGS.output_dir}: {len(state)} tensors.")
 
 
 if __name__ == "__main__":
+    define_flags()
     tools.run(main, required=["dit_repo"])

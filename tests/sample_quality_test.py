@@ -1,4 +1,4 @@
-"""Tests of diffax.metrics.reference: the eval split's statistics, cached; a user's .npz."""
+"""Tests of diffax.sample_quality: the eval split's reference statistics, cached; a user's .npz."""
 
 import os
 
@@ -6,9 +6,9 @@ import chex
 import numpy as np
 import pytest
 
-from diffax import input_pipeline
+from diffax import input_pipeline, sample_quality
 from diffax.datasets import digits
-from diffax.metrics import fid, reference
+from diffax.metrics import fid
 
 
 def _eval_images(config):
@@ -30,19 +30,19 @@ def test_reference_statistics_match_the_test_split_and_are_cached(
 ):
     digits.prepare_digits(data_dir)
     config = tiny_config()
-    stats = reference.reference_statistics(config, _mean_std_features, _eval_images(config))
+    stats = sample_quality.reference_statistics(config, _mean_std_features, _eval_images(config))
     # Independent: the same 360 test digits from scikit-learn via load_digits_split.
     expected = _mean_std_features(digits_split[2])  # [360, 2]
     chex.assert_trees_all_close(stats["mu"], expected.mean(axis=0), rtol=1e-5)
     chex.assert_trees_all_close(stats["sigma"], np.cov(expected, rowvar=False), rtol=1e-5)
-    path = reference.default_statistics_path(config)
+    path = sample_quality.default_statistics_path(config)
     assert path == os.path.join(data_dir, "diffax_fid_stats", "inception_digits_test_8x8x1.npz")
     assert os.path.exists(path)
 
     def must_not_run(images):
         raise AssertionError("cached statistics must not be recomputed")
 
-    cached = reference.reference_statistics(config, must_not_run, _eval_images(config))
+    cached = sample_quality.reference_statistics(config, must_not_run, _eval_images(config))
     chex.assert_trees_all_equal(cached, stats)
 
 
@@ -50,7 +50,7 @@ def test_reference_cache_key_includes_size_split_and_limit(tiny_config, data_dir
     config = tiny_config(**{"eval.num_reference_examples": 100})
     config.data.eval_split = "test[:50%]"
     config.data.image_size = 16
-    name = os.path.basename(reference.default_statistics_path(config, network="digits"))
+    name = os.path.basename(sample_quality.default_statistics_path(config, network="digits"))
     assert name == "digits_digits_test_50_16x16x1_first100.npz"
 
 
@@ -59,7 +59,7 @@ def test_user_statistics_file_is_used_as_is(tiny_config, tmp_path):
     stats = {"mu": np.arange(3.0), "sigma": np.eye(3) * 2}
     fid.save_statistics(path, stats)
     config = tiny_config(**{"eval.reference_stats": path})
-    loaded = reference.reference_statistics(config, _mean_std_features, _eval_images(config))
+    loaded = sample_quality.reference_statistics(config, _mean_std_features, _eval_images(config))
     chex.assert_trees_all_equal(loaded, stats)
 
 
@@ -71,7 +71,7 @@ def test_user_images_file_gives_their_feature_statistics(tiny_config, tmp_path, 
     path = str(tmp_path / "images.npz")
     np.savez(path, images=pixels if dtype == "uint8" else unit.astype(np.float32))
     config = tiny_config(**{"eval.reference_stats": path})
-    stats = reference.reference_statistics(config, _mean_std_features, _eval_images(config))
+    stats = sample_quality.reference_statistics(config, _mean_std_features, _eval_images(config))
     expected = _mean_std_features(unit)
     chex.assert_trees_all_close(stats["mu"], expected.mean(axis=0), atol=1e-6)
     chex.assert_trees_all_close(stats["sigma"], np.cov(expected, rowvar=False), atol=1e-6)
@@ -81,18 +81,18 @@ def test_bad_reference_files_raise_naming_the_file(tiny_config, tmp_path):
     wrong_keys = str(tmp_path / "wrong_keys.npz")
     np.savez(wrong_keys, features=np.zeros((4, 2)))
     with pytest.raises(ValueError, match="wrong_keys.npz.*neither FID statistics.*features"):
-        reference.reference_statistics(
+        sample_quality.reference_statistics(
             tiny_config(**{"eval.reference_stats": wrong_keys}), np.asarray, _no_eval_images
         )
     not_npz = tmp_path / "not_npz.npz"
     not_npz.write_text("hello")
     with pytest.raises(ValueError, match="not_npz.npz"):
-        reference.reference_statistics(
+        sample_quality.reference_statistics(
             tiny_config(**{"eval.reference_stats": str(not_npz)}), np.asarray, _no_eval_images
         )
     out_of_range = str(tmp_path / "out_of_range.npz")
     np.savez(out_of_range, images=np.full((4, 2, 2, 1), 255.0, np.float32))
     with pytest.raises(ValueError, match="out_of_range.npz.*\\[-1, 1\\]"):
-        reference.reference_statistics(
+        sample_quality.reference_statistics(
             tiny_config(**{"eval.reference_stats": out_of_range}), np.asarray, _no_eval_images
         )
