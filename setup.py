@@ -23,7 +23,7 @@ setuptools.setup(
         "importlib_resources>=6.0",  # TFDS needs it to prepare data sets from builder code.
         "tensorboard>=2.18",  # Event files for tf.summary.
         "scikit-learn>=1.4",
-        "etils[epath]>=1.5",  # Paths for orbax and TFDS (imported directly by diffax).
+        "etils[epath,epy]>=1.9",  # Paths for orbax and TFDS; epy.lazy_imports (TensorFlow).
         "tqdm>=4.60",  # The progress bar on a terminal.
         "safetensors>=0.4",  # Pretrained autoencoder (VAE) weights in diffusers' format.
         "diffrax>=0.7",  # Adaptive ODE solvers for the probability-flow likelihood.

@@ -6,6 +6,8 @@ own shard of the split (tfds.even_splits by process index), so `batch_size` is p
 Pixels become x = v / (num_levels - 1) * 2 - 1, which lie on the grid {-1 + 2k / (num_levels - 1)}.
 """
 
+from __future__ import annotations  # Annotations name tf types without importing TF.
+
 import dataclasses
 import functools
 import math
@@ -16,14 +18,19 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epy
 
 from diffax import images as images_lib
 from diffax.datasets import captions as captions_lib
 from diffax.datasets import digits as digits_lib
 from diffax.datasets import image_folder as image_folder_lib
+
+# TensorFlow (~3 s to import) loads on first use, when a split is read: --mode=sample of a model
+# that reads no data never pays for it.
+with epy.lazy_imports():
+    import tensorflow as tf
 
 
 def hide_accelerators_from_tf() -> None:

@@ -21,6 +21,15 @@ import pytest  # noqa: E402  (after the environment above: nothing may import ja
 
 from diffax import tasks
 
+# configs/tiny.py's U-Net cut to one 8x8 level whose only attention is the middle block's (with a
+# context, its cross-attention): the end-to-end runs of `python -m diffax.main` test the job (steps,
+# checkpoints, signals, eval, samples), not the network, and this one compiles in about half the
+# time. One tuple for every such run, so their programs repeat and hit the compilation cache.
+SMALL_UNET = (
+    "--config.model.unet.channel_mult=(1,)",
+    "--config.model.unet.attention_resolutions=()",
+)
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):

@@ -99,9 +99,18 @@ def test_validation_names_the_inpainting_field():
         validation.validate_config(config, 8)
 
 
-def test_main_job_trains_a_mask_conditioned_model_and_repaints_with_another(data_dir, tmp_path):
-    config = tiny.get_config()
-    config.data.data_dir = data_dir
+def _small(config, data_dir, classifier_path):
+    """tiny.py on one 8x8 level with attention in the middle block only (conftest.SMALL_UNET),
+    scored by the shared digits classifier: the main job's paths, at half the compile time."""
+    config.data.data_dir, config.eval.classifier_path = data_dir, classifier_path
+    config.model.unet.channel_mult, config.model.unet.attention_resolutions = (1,), ()
+    return config
+
+
+def test_main_job_trains_a_mask_conditioned_model_and_repaints_with_another(
+    data_dir, tmp_path, classifier_path
+):
+    config = _small(tiny.get_config(), data_dir, classifier_path)
     config.inpainting.mask_cond = True
     config.training.sample_every = 2  # The training grids of an image-conditioned model too.
     config.model.class_cond, config.training.label_dropout, config.eval.guidance_scale = (
@@ -115,8 +124,7 @@ def test_main_job_trains_a_mask_conditioned_model_and_repaints_with_another(data
     assert saved["samples/num_examples"] == config.eval.num_samples
 
     # RePaint with a plain class-conditional model (its null class), without retraining.
-    plain = tiny.get_config()
-    plain.data.data_dir = data_dir
+    plain = _small(tiny.get_config(), data_dir, classifier_path)
     train.train(plain, str(tmp_path / "plain"))
     plain.inpainting.repaint = True
     plain.inpainting.repaint_jump, plain.inpainting.repaint_resamplings = 2, 2

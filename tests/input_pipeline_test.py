@@ -2,6 +2,8 @@
 
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import chex
@@ -533,3 +535,21 @@ def test_an_image_gets_a_new_caption_each_epoch_unless_captions_are_fixed(digits
     else:
         # 17 templates: the same one is drawn again for about 1 image in 17.
         assert changed > 0.85, changed
+
+
+LAZY_IMPORTS = """
+import sys
+from diffax import evaluate, main, train
+print("tensorflow" in sys.modules, "sklearn" in sys.modules)
+"""
+
+
+def test_the_jobs_import_without_tensorflow_or_scikit_learn():
+    """A refused run, or --mode=sample of a model that reads no data, must not pay TensorFlow's
+    (~3 s) or scikit-learn's (~1 s) import; every test that reads data loads them on first use."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", LAZY_IMPORTS], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False", "False"]

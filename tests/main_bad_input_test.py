@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SMALL_UNET
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,10 +65,12 @@ def _assert_one_sentence(done, *names):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
-    """One tiny run trained for 2 steps, shared by the cases that need a checkpoint."""
+    """One tiny run (SMALL_UNET: every run on it passes the same) trained for 2 steps, shared by
+    the cases that need a checkpoint."""
     workdir = str(tmp_path_factory.mktemp("trained"))
     done = _run(
         [
+            *SMALL_UNET,
             f"--workdir={workdir}",
             f"--config.data.data_dir={data_dir}",
             "--config.training.num_steps=2",
@@ -240,7 +243,8 @@ def test_read_only_workdir_loses_nothing(tmp_path, trained):
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         before = _snapshot(str(mount))
         for mode in ("train", "eval"):
-            _assert_one_sentence(_run([f"--workdir={mount}", f"--mode={mode}"]), str(mount))
+            done = _run([*SMALL_UNET, f"--workdir={mount}", f"--mode={mode}"])
+            _assert_one_sentence(done, str(mount))
         assert _snapshot(str(mount)) == before
     finally:
         subprocess.run(["umount", str(mount)])
@@ -254,7 +258,13 @@ def test_checkpoint_of_another_model_width_is_refused_and_kept(trained, data_dir
         ("eval", ["model.unet.ch=64 (saved: 32)", "--allow_config_change"]),  # The config.
     ):
         done = _run(
-            [f"--workdir={trained}", f"--config.data.data_dir={data_dir}", *other, f"--mode={mode}"]
+            [
+                *SMALL_UNET,
+                f"--workdir={trained}",
+                f"--config.data.data_dir={data_dir}",
+                *other,
+                f"--mode={mode}",
+            ]
         )
         _assert_one_sentence(done, *names)
     assert _snapshot(trained) == before
@@ -264,7 +274,12 @@ def test_sample_refuses_a_process_other_than_the_checkpoints_unless_allowed(trai
     """Same shapes, other meaning: x0 prediction on a linear schedule for an eps, cosine model."""
     before = _snapshot(trained)
     other = ["--config.diffusion.mean_type=x0", "--config.diffusion.schedule=linear"]
-    args = [f"--workdir={trained}", f"--config.data.data_dir={data_dir}", "--mode=sample"]
+    args = [
+        *SMALL_UNET,
+        f"--workdir={trained}",
+        f"--config.data.data_dir={data_dir}",
+        "--mode=sample",
+    ]
     done = _run([*args, *other, "--num_samples=2"])
     _assert_one_sentence(
         done, "diffusion.mean_type='x0' (saved: 'eps')", "diffusion.schedule='linear'"
@@ -281,7 +296,9 @@ def test_sample_refuses_a_process_other_than_the_checkpoints_unless_allowed(trai
 
 def test_num_samples_zero_on_a_trained_run_writes_nothing(trained):
     before = _snapshot(trained)
-    _assert_one_sentence(_run([f"--workdir={trained}", "--mode=sample", "--num_samples=0"]))
+    _assert_one_sentence(
+        _run([*SMALL_UNET, f"--workdir={trained}", "--mode=sample", "--num_samples=0"])
+    )
     assert _snapshot(trained) == before
 
 

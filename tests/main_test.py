@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import SMALL_UNET
 
 from configs import tiny_text
 from diffax import preemption
@@ -67,14 +68,23 @@ def _start(*args, **kwargs):
     )
 
 
-def _final_params(workdir):
-    """Reads the newest checkpoint's parameters with a plain orbax restore (no diffax code)."""
+def _steps(workdir):
+    """Returns the steps of the workdir's checkpoints, oldest first."""
+    return sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")) if p.isdigit())
+
+
+def _params_at(workdir, step):
+    """Reads a checkpoint's parameters with a plain orbax restore (no diffax code)."""
     import orbax.checkpoint as ocp
 
-    steps = sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")) if p.isdigit())
-    path = os.path.join(workdir, "checkpoints", str(steps[-1]), "state")
-    tree = ocp.StandardCheckpointer().restore(path)
-    return steps[-1], tree["params"]
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def _final_params(workdir):
+    """Returns (step, parameters) of the newest checkpoint."""
+    step = _steps(workdir)[-1]
+    return step, _params_at(workdir, step)
 
 
 def _log_has(workdir, text):
@@ -92,9 +102,9 @@ def _info_files(text: str) -> set[str]:
     return {name for level, name in _LOG_LINE.findall(text) if level == "I"}
 
 
-def test_train_then_eval_and_sample_modes(data_dir, tmp_path):
+def test_train_then_eval_and_sample_modes(data_dir, tmp_path, classifier_path):
     workdir = str(tmp_path)
-    done = _run(workdir, data_dir)
+    done = _run(workdir, data_dir, *SMALL_UNET, f"--config.eval.classifier_path={classifier_path}")
     assert done.returncode == 0, done.stderr[-3000:]
     # The console: diffax's own INFO lines only (progress, results); the log file: orbax's too.
     assert "step 4:" in done.stderr and "Eval at step 4" in done.stderr
@@ -104,13 +114,14 @@ def test_train_then_eval_and_sample_modes(data_dir, tmp_path):
     )
     with open(os.path.join(workdir, "eval_00000004.json")) as f:
         results = json.load(f)
-    assert np.isfinite(results["test/bpd"])
+    assert np.isfinite(results["test/bpd"]) and 0 <= results["samples/digits_class_accuracy"] <= 1
     assert os.path.exists(os.path.join(workdir, "eval_samples_00000004.png"))
     assert os.listdir(os.path.join(workdir, "tensorboard"))
-    sample = _run(workdir, data_dir, "--num_samples=3", "--verbose", mode="sample")
+    sample = _run(workdir, data_dir, *SMALL_UNET, "--num_samples=3", "--verbose", mode="sample")
     assert sample.returncode == 0, sample.stderr[-3000:]
-    # What made them: DDPM respaced to tiny's 10 steps, digits' guidance 1, 3 samples.
+    # What made them: DDPM respaced to tiny's 10 steps, digits' guidance 1, 3 samples; the chain.
     assert os.path.exists(os.path.join(workdir, "samples_00000004_ddpm10_g1_n3.png"))
+    assert os.path.exists(os.path.join(workdir, "samples_00000004_ddpm10_g1_n3_chain.gif"))
     assert "checkpoint_manager.py" in _info_files(sample.stderr)  # --verbose: every line.
 
 
@@ -118,7 +129,7 @@ def test_text_model_trains_evaluates_on_held_out_prompts_and_samples_from_a_prom
     data_dir, tmp_path, classifier_path
 ):
     workdir = str(tmp_path)
-    text = [f"--config.eval.classifier_path={classifier_path}"]
+    text = [f"--config.eval.classifier_path={classifier_path}", *SMALL_UNET]
     config = "configs/tiny_text.py"
     # The text model compiles three programs (train step, bound, guided sampler): a longer limit
     # for a loaded machine.
@@ -146,14 +157,15 @@ def test_text_model_trains_evaluates_on_held_out_prompts_and_samples_from_a_prom
         workdir,
         data_dir,
         *text,
-        "--num_samples=2",
+        "--num_samples=16",  # The eval's batch shape, without the chain: its compiled sampler.
+        "--config.eval.chain_frames=0",
         "--prompt=a handwritten three",
         mode="sample",
         config=config,
         timeout=900,
     )
     assert sample.returncode == 0, sample.stderr[-3000:]
-    assert len(glob.glob(os.path.join(workdir, "samples_00000004_ddpm10_g1_p*_n2.png"))) == 1
+    assert len(glob.glob(os.path.join(workdir, "samples_00000004_ddpm10_g1_p*_n16.png"))) == 1
 
 
 def test_eval_without_checkpoint_and_bad_config_fail_in_one_sentence(data_dir, tmp_path):
@@ -167,6 +179,29 @@ def test_eval_without_checkpoint_and_bad_config_fail_in_one_sentence(data_dir, t
     assert "Traceback" not in bad.stderr
 
 
+QUICK_EVAL = ("--config.eval.num_bpd_examples=8", "--config.eval.quality_metrics=False")
+# The resume tests' runs: REFERENCE_STEPS steps, a checkpoint at each (the killed runs need them).
+REFERENCE_STEPS = 8
+EVERY_STEP = (
+    *SMALL_UNET,
+    f"--config.training.num_steps={REFERENCE_STEPS}",
+    "--config.training.checkpoint_every=1",
+    f"--config.training.keep_checkpoints={REFERENCE_STEPS}",
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    """The workdir of one run never interrupted, with its parameters at every step: what a
+    stopped and resumed run must end on (shared by the Ctrl-C and SIGKILL tests)."""
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    done = _run(workdir, data_dir, *EVERY_STEP, *QUICK_EVAL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _steps(workdir) == list(range(1, REFERENCE_STEPS + 1))
+    return workdir
+
+
+@pytest.mark.xdist_group("resume")  # With the SIGKILL test: one worker, one reference run.
 @pytest.mark.parametrize(
     ("signum", "status", "said"),
     [
@@ -176,16 +211,16 @@ def test_eval_without_checkpoint_and_bad_config_fail_in_one_sentence(data_dir, t
     ids=["sigterm", "ctrl-c"],
 )
 def test_a_signal_saves_at_the_next_step_and_exits_with_its_status(
-    data_dir, tmp_path, signum, status, said
+    data_dir, tmp_path, signum, status, said, request
 ):
     """SIGTERM exits 75 (retry), Ctrl-C 130; both save at the step boundary after the signal and
     say so in one console line. After Ctrl-C, the resumed run ends on the parameters of a run
     never interrupted (the same code path for both signals: checked once)."""
     workdir = str(tmp_path / "stopped")
-    quick_eval = ("--config.eval.num_bpd_examples=8", "--config.eval.quality_metrics=False")
     proc = _start(
         workdir,
         data_dir,
+        *SMALL_UNET,
         "--config.training.num_steps=100000",
         "--config.training.log_every=1",
         "--config.training.checkpoint_every=100000",
@@ -205,29 +240,34 @@ def test_a_signal_saves_at_the_next_step_and_exits_with_its_status(
     assert lines[-1].endswith(f"{said}: checkpoint saved at step {step}; rerun to resume.")
     if signum != signal.SIGINT:
         return
-    resumed = _run(workdir, data_dir, f"--config.training.num_steps={step + 2}", *quick_eval)
+    resumed = _run(
+        workdir, data_dir, *SMALL_UNET, f"--config.training.num_steps={step + 2}", *QUICK_EVAL
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _log_has(workdir, f"Resumed from step {step}")
-    reference = str(tmp_path / "reference")
-    done = _run(reference, data_dir, f"--config.training.num_steps={step + 2}", *quick_eval)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (end, params), (ref_end, ref_params) = _final_params(workdir), _final_params(reference)
-    assert end == ref_end == step + 2
+    end = _final_params(workdir)[0]
+    assert end == step + 2
+    if end <= REFERENCE_STEPS:  # The shared run has every step's parameters.
+        reference = request.getfixturevalue("uninterrupted")
+    else:  # A slow machine ran on past the shared run's end: an uninterrupted run of our own.
+        reference = str(tmp_path / "reference")
+        done = _run(reference, data_dir, *SMALL_UNET, f"--config.training.num_steps={end}")
+        assert done.returncode == 0, done.stderr[-3000:]
     import jax
 
-    jax.tree.map(np.testing.assert_array_equal, ref_params, params)
+    jax.tree.map(
+        np.testing.assert_array_equal, _params_at(reference, end), _params_at(workdir, end)
+    )
 
 
-def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path):
-    every_step = ("--config.training.num_steps=8", "--config.training.checkpoint_every=1")
-    reference = str(tmp_path / "reference")
-    done = _run(reference, data_dir, *every_step, "--config.eval.num_bpd_examples=8")
-    assert done.returncode == 0, done.stderr[-3000:]
-    ref_step, ref_params = _final_params(reference)
+@pytest.mark.xdist_group("resume")
+def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(
+    data_dir, tmp_path, uninterrupted
+):
     workdir = str(tmp_path / "killed")
     rng = random.Random(0)
     for _ in range(3):
-        proc = _start(workdir, data_dir, *every_step)
+        proc = _start(workdir, data_dir, *EVERY_STEP)
         # Wait for the loop to run (or to be near the end), then kill at a random moment.
         deadline = time.time() + 240
         while not _log_has(workdir, "Compiled the train step") and time.time() < deadline:
@@ -235,14 +275,14 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(data
         time.sleep(rng.uniform(0.0, 1.5))
         proc.kill()
         proc.wait()
-    resumed = _run(workdir, data_dir, *every_step, "--config.eval.num_bpd_examples=8")
+    resumed = _run(workdir, data_dir, *EVERY_STEP, *QUICK_EVAL)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _log_has(workdir, "diffax.lock, left by process")  # The killed run's lock: taken over.
     step, params = _final_params(workdir)
-    assert step == ref_step == 8
+    assert step == REFERENCE_STEPS
     import jax
 
-    jax.tree.map(np.testing.assert_array_equal, ref_params, params)
+    jax.tree.map(np.testing.assert_array_equal, _params_at(uninterrupted, step), params)
 
 
 def test_latent_diffusion_trains_on_a_main_trained_gan_autoencoder_and_decodes_samples(
@@ -281,6 +321,7 @@ def test_latent_diffusion_trains_on_a_main_trained_gan_autoencoder_and_decodes_s
     scale = stats["scale"]
     assert len(stats["channel_scale"]) == len(stats["channel_shift"]) == 4
     latent_fields = (
+        *SMALL_UNET,
         "--config.latent.autoencoder=workdir",
         f"--config.latent.autoencoder_workdir={autoencoder}",
         "--config.latent.normalization=per_channel",
@@ -313,8 +354,8 @@ def test_text_conditioned_latent_model_trains_and_decodes_a_prompt(data_dir, tmp
     make_autoencoder_workdir(autoencoder, data_dir)
     fields = (
         f"--config.latent.autoencoder_workdir={autoencoder}",
-        "--config.model.unet.ch=32",  # tiny_text.py's denoiser, on 8x8x4 latents.
-        "--config.model.unet.channel_mult=(1,1)",
+        "--config.model.unet.ch=32",  # The end-to-end denoiser, on 8x8x4 latents.
+        *SMALL_UNET,
         "--config.model.text.width=32",
         "--config.model.text.depth=1",
         "--config.model.text.num_heads=2",
@@ -375,6 +416,7 @@ def test_text_model_on_stored_embeddings_trains_evaluates_and_refuses_a_prompt(d
     )
     assert embed.returncode == 0, embed.stderr[-3000:]
     stored = [
+        *SMALL_UNET,
         f"--config.data.text_embeddings={pattern}",
         "--config.eval.num_bpd_examples=8",
         "--config.eval.quality_metrics=False",

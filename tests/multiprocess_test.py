@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import SMALL_UNET
 
 from diffax import preemption
 
@@ -74,7 +75,7 @@ def test_sigterm_stops_two_processes_at_one_step_with_exit_75(tmp_path):
             f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
             "--config.training.num_steps=100000", "--config.training.log_every=1",
-            "--config.training.checkpoint_every=100000",
+            "--config.training.checkpoint_every=100000", *SMALL_UNET,
         ]  # fmt: skip
         with open(log, "w") as out:
             procs.append(subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=out))

@@ -31,6 +31,9 @@ from diffax import checkpointing, sharding, train  # noqa: E402
 def main():
     config = tiny.get_config()
     config.diffusion.timestep_sampler = "loss_second_moment"
+    # One 8x8 level, attention in the middle block only (conftest.SMALL_UNET): what is tested is
+    # how the processes split the batch and meet in the collectives, not the network.
+    config.model.unet.channel_mult, config.model.unet.attention_resolutions = (1,), ()
     trainer = train.Trainer(config)
     assert trainer.mesh.size == 8 and jax.process_count() == num_processes
     state = trainer.init()

@@ -143,8 +143,13 @@ def test_validation_names_the_super_resolution_field():
         validation.validate_config(config, 8)
 
 
-def test_main_job_trains_an_upsampler_reports_psnr_and_samples_a_cascade(data_dir, tmp_path):
-    config = _sr_config(data__data_dir=data_dir)
+def test_main_job_trains_an_upsampler_reports_psnr_and_samples_a_cascade(
+    data_dir, tmp_path, classifier_path
+):
+    # One 8x8 level, attention in the middle block only (conftest.SMALL_UNET); the shared digits
+    # classifier scores the samples.
+    config = _sr_config(data__data_dir=data_dir, eval__classifier_path=classifier_path)
+    config.model.unet.update(channel_mult=(1,), attention_resolutions=())
     config.training.sample_every = 2  # The training grids of an image-conditioned model too.
     results = train.train_and_evaluate(config, str(tmp_path / "sr"))
     for key in ("test/bpd_given_low_res", "samples/psnr", "samples/bicubic_psnr", "samples/ssim"):

@@ -349,19 +349,24 @@ def test_an_autoencoder_trains_and_reports_psnr_and_its_latent_scale(tiny_config
 
 # The learned schedule end to end (fixed schedules' bound, grids and sampling: continuous_test).
 @pytest.mark.parametrize("schedule", ["learned"])
-def test_a_continuous_vdm_trains_reports_its_bound_and_samples(tiny_config, tmp_path, schedule):
+def test_a_continuous_vdm_trains_reports_its_bound_and_samples(
+    tiny_config, tmp_path, schedule, classifier_path
+):
     from configs import digits_vdm
 
     config = digits_vdm.get_config()
     tiny = tiny_config()
     config.data.data_dir = tiny.data.data_dir
+    config.eval.classifier_path = classifier_path  # The shared one: not trained again.
+    # One 8x8 level, attention in the middle block only (conftest.SMALL_UNET).
     config.model.unet.update(
-        ch=32, channel_mult=(1, 1), num_res_blocks=1, dropout=0.0, attention_resolutions=(4,)
+        ch=32, channel_mult=(1,), num_res_blocks=1, dropout=0.0, attention_resolutions=()
     )
     config.diffusion.update(gamma_schedule=schedule, schedule_hidden=16)
     config.training.update(num_steps=2, checkpoint_every=2, log_every=1, batch_size=16)
+    # 8 examples: the PF-ODE bits/dim solves one example at a time.
     config.eval.update(
-        batch_size=32, num_bpd_examples=32, num_samples=16, sample_steps=5, bpd_t_samples=2
+        batch_size=32, num_bpd_examples=8, num_samples=16, sample_steps=5, bpd_t_samples=2
     )
     # The PF-ODE likelihood on request (loose tolerance: an untrained model, a smoke test).
     config.eval.update(ode_bpd=schedule == "learned", ode_tolerance=1e-3)

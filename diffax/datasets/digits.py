@@ -5,11 +5,15 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
-from etils import epath
-from sklearn import datasets as sklearn_datasets
+from etils import epath, epy
 from tensorflow_datasets.core import constants as tfds_constants
 
 from diffax.datasets import splits
+
+# scikit-learn (with SciPy, ~1 s to import) only when the digits are read from it: a refused run
+# or one whose data set is prepared never loads it.
+with epy.lazy_imports():
+    from sklearn import datasets as sklearn_datasets
 
 NUM_EXAMPLES = 1797  # Images in sklearn.datasets.load_digits().
 NUM_TRAIN = 1437  # The first 1437 of the seeded permutation; the remaining 360 are the test split.

@@ -20,9 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from sklearn import datasets as sklearn_datasets
+from etils import epy
 
 from diffax.datasets import digits as digits_lib
+
+with epy.lazy_imports():  # scikit-learn (~1 s) only when the classifier reads the digits.
+    from sklearn import datasets as sklearn_datasets
 
 NUM_CLASSES = 10
 FEATURE_DIM = 128
