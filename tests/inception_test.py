@@ -1,6 +1,9 @@
 """Tests for diffax.metrics.inception: shapes, parameter count, weight files, and agreement with an
 independent TensorFlow-ops implementation of the 2015 FID graph using the same random weights."""
 
+import json
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -368,3 +371,47 @@ def test_convert_graph_def_round_trips_constants(weights_file, tmp_path):
             np.testing.assert_array_equal(converted[key], np.ones_like(value))
         else:
             np.testing.assert_array_equal(converted[key], value, err_msg=key)
+
+
+def _pytorch_fid_state_dict():
+    """pytorch-fid's state dict layout (tests/data/pytorch_fid_layout.json, written from its own
+    network by diffax.tools.check_pytorch_fid), zeros but for three marked tensors."""
+    path = os.path.join(os.path.dirname(__file__), "data", "pytorch_fid_layout.json")
+    with open(path) as f:
+        layout = json.load(f)
+    state = {name: np.zeros(shape, np.float32) for name, shape in layout.items()}
+    rng = np.random.default_rng(0)
+    for name in (
+        "Mixed_6d.branch1x1.conv.weight",
+        "fc.weight",
+        "Mixed_7c.branch_pool.bn.running_var",
+    ):
+        state[name] = rng.standard_normal(state[name].shape).astype(np.float32)
+    return state
+
+
+def test_pytorch_fid_weights_convert_into_the_weight_file(tmp_path):
+    state = _pytorch_fid_state_dict()
+    path = str(tmp_path / "fid_inception.npz")
+    inception.convert_pytorch_fid(state, path, "pt_inception.pth")
+    flat = inception.flatten_variables(inception.load_params(path))
+    np.testing.assert_array_equal(
+        flat["Mixed_6d/branch1x1/conv/kernel"],
+        state["Mixed_6d.branch1x1.conv.weight"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
+    )
+    np.testing.assert_array_equal(flat["fc/kernel"], state["fc.weight"].T)
+    np.testing.assert_array_equal(
+        flat["Mixed_7c/branch_pool/bn/var"], state["Mixed_7c.branch_pool.bn.running_var"]
+    )
+    assert len(flat) == len([n for n in state if not n.endswith("num_batches_tracked")])
+
+
+def test_a_pytorch_fid_file_that_does_not_fit_is_one_sentence(tmp_path):
+    state = _pytorch_fid_state_dict()
+    del state["Mixed_5b.branch1x1.bn.running_mean"]
+    path = tmp_path / "never.npz"
+    with pytest.raises(ValueError) as error:
+        inception.convert_pytorch_fid(state, str(path), "pt_inception.pth")
+    assert str(error.value).startswith("pt_inception.pth does not fit pytorch-fid's FID Inception")
+    assert "lacks 1 tensors: Mixed_5b.branch1x1.bn.running_mean" in str(error.value)
+    assert not path.exists()

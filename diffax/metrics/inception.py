@@ -58,6 +58,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffax import weight_files
+
 INCEPTION_SIZE = 299
 NUM_LOGITS = 1008
 BATCH_NORM_EPSILON = 1e-3
@@ -349,6 +351,52 @@ def load_params(path: str, model: InceptionV3FID | None = None) -> dict:
     return {
         name: flax.traverse_util.unflatten_dict(leaves, sep="/") for name, leaves in nested.items()
     }
+
+
+# pytorch-fid's tensor names: "<module path>.<leaf>", BatchNorm's running statistics included.
+_PYTORCH_FID_LEAVES = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+
+
+def pytorch_fid_name(key: str) -> str:
+    """Returns pytorch-fid's tensor name of a flat weight-file key, e.g.
+    "Mixed_5b/branch1x1/bn/mean" -> "Mixed_5b.branch1x1.bn.running_mean"."""
+    *modules, leaf = key.split("/")
+    return ".".join([*modules, _PYTORCH_FID_LEAVES[leaf]])
+
+
+def convert_pytorch_fid(state_dict: Mapping[str, np.ndarray], out_path: str, source: str) -> None:
+    """Writes diffax's weight file from pytorch-fid's FID Inception state dict
+    (`pt_inception-2015-12-05-6726825d.pth`: the 2015 graph's weights, module names as here).
+    Conv kernels OIHW -> HWIO, fc [1008, 2048] -> [2048, 1008]; BatchNorm's num_batches_tracked
+    is ignored. ValueError in one sentence naming the misfit tensors; nothing is written then."""
+    template = flatten_variables(abstract_variables())
+    expected = {}
+    for key, spec in template.items():
+        shape = tuple(spec.shape)
+        if key.endswith("kernel") and len(shape) == 4:
+            shape = (shape[3], shape[2], shape[0], shape[1])
+        elif key.endswith("kernel"):
+            shape = shape[::-1]
+        expected[pytorch_fid_name(key)] = shape
+    ignored = tuple(name for name in state_dict if name.endswith(".num_batches_tracked"))
+    weight_files.check_fits(
+        state_dict, expected, source, "pytorch-fid's FID Inception-v3", ignored=ignored
+    )
+    flat = {}
+    for key in template:
+        value = np.asarray(state_dict[pytorch_fid_name(key)], np.float32)
+        if key.endswith("kernel") and value.ndim == 4:
+            value = value.transpose(2, 3, 1, 0)
+        elif key.endswith("kernel"):
+            value = value.T
+        flat[key] = np.ascontiguousarray(value)
+    np.savez(out_path, **flat)
 
 
 # ---------------------------------------------------------------------------------------------
