@@ -3,7 +3,6 @@ config's task (`diffax.tasks`)."""
 
 import functools
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,8 +88,7 @@ class Trainer:
         ).compile()
         after = compilation_cache.counts()
         logging.info(
-            "Compiled the train step in %.1f s (persistent cache meanwhile, all programs: %d hits, "
-            "%d misses).",
+            "Compiled the train step in %.1f s (persistent cache: %d hits, %d misses).",
             time.time() - start,
             after["hits"] - before["hits"],
             after["misses"] - before["misses"],
@@ -170,31 +168,8 @@ def train(
         checkpointing.close(manager)  # Finishes (or cleanly abandons) a save in flight.
 
 
-def _in_background(fn: Callable, *args) -> Callable:
-    """Starts fn(*args) in a daemon thread; returns a function that waits for its result (raising
-    its exception). A daemon, so a Ctrl-C or an error meanwhile does not wait for it to finish."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = fn(*args)
-        except BaseException as error:  # noqa: BLE001 (re-raised in the waiting thread)
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run, name="compile", daemon=True)
-    thread.start()
-
-    def result():
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-
-    return result
-
-
-def _state_and_data(config, workdir, trainer, manager):
-    """Returns (the restored or new state, its step, this process's train batch iterator)."""
+def _train_loop(config, workdir, trainer, manager, guard):
+    """The loop of `train`, between restoring and the last checkpoint."""
     training = config.training
     restored = checkpointing.restore(manager, trainer.abstract_state)
     if restored is None:
@@ -204,6 +179,7 @@ def _state_and_data(config, workdir, trainer, manager):
         state, start_step = restored
         logging.info("Resumed from step %d in %s.", start_step, workdir)
     logging.info("Model parameters: %d", models.count_params(state.params))
+    # The data first: a missing data set or a bad image stops the run before compiling.
     local_batch = sharding.per_process_batch_size(training.batch_size)
     if trainer.latent is None:
         train_iter = input_pipeline.create_train_iterator(
@@ -227,17 +203,7 @@ def _state_and_data(config, workdir, trainer, manager):
             shift=trainer.latent.shift,
             fixed_captions=config.data.get("fixed_captions", False),
         )
-    return state, start_step, train_iter
-
-
-def _train_loop(config, workdir, trainer, manager, guard):
-    """The loop of `train`, between restoring and the last checkpoint."""
-    training = config.training
-    # The step compiles (or loads from the persistent cache) in a thread while the state is
-    # restored or initialised and the data pipeline is built: start-up pays for the longer one.
-    compiled = _in_background(trainer.compile, training.batch_size)
-    state, start_step, train_iter = _state_and_data(config, workdir, trainer, manager)
-    step_fn = compiled()
+    step_fn = trainer.compile(training.batch_size)
     distributed.barrier("diffax_train_step_compiled")
     writer = summaries.create_writer(workdir)
     grid_size = min(config.eval.num_samples, 100)  # Grids during training: 100 at most.

@@ -441,13 +441,3 @@ def test_text_train_step_compiles_once_trains_the_encoder_and_drops_captions():
     loss = lambda b, p: float(step(state, sharding.global_batch(b, trainer.mesh), p)[1]["loss"])
     assert loss(batch, 1.0) == loss(other, 1.0)
     assert loss(batch, 0.0) != loss(other, 0.0)
-
-
-def test_the_background_compile_returns_its_result_or_raises_its_error():
-    assert train._in_background(lambda a, b: a + b, 2, 3)() == 5
-
-    def fails():
-        raise ValueError("does not fit")
-
-    with pytest.raises(ValueError, match="does not fit"):
-        train._in_background(fails)()
