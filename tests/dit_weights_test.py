@@ -139,6 +139,8 @@ def test_reading_a_file_that_is_not_a_state_dict(tmp_path):
 
 
 def test_a_torch_checkpoint_nested_under_ema_reads_as_its_state_dict(tmp_path):
+    """Skipped without torch, on purpose: only .pt files need it (the optional 'convert' extra),
+    CI installs diffax without it, and the .npz/.safetensors paths above are tested everywhere."""
     torch = pytest.importorskip("torch", reason="reading .pt files needs the 'convert' extra")
     state = _state_dict()
     path = str(tmp_path / "0100000.pt")
